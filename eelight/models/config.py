@@ -1,0 +1,176 @@
+"""Typed model configuration: the variant axes of DESIGN.md §1 and the named presets.
+
+A model is `arch` (decoder | flamingo) plus the four axes that say how visual
+tokens move through a decoder layer (`visual_attn`, `aligner`, `aligner_ffn`,
+`aligner_init`) and the projector depth. Combinations without a defined meaning
+are rejected in `__post_init__`, which OmegaConf's `to_object` also runs, so a
+bad YAML or command-line override fails when the config is built.
+
+Presets (litgpt / prismatic style: each paper point is a named config that
+overrides 1-3 fields) are looked up by exact name with `model_config(name)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+ARCHS = ("decoder", "flamingo")
+VISUAL_ATTNS = ("none", "self")
+ALIGNERS = ("reuse", "fresh", "none")
+ALIGNER_INITS = ("copy", "random")
+ATTN_IMPLS = ("auto", "sdpa", "flash")
+ROPE_TYPES = ("default", "linear", "llama3")
+VISION_KINDS = ("clip", "siglip")
+FEATURE_SELECTS = ("patch", "full")
+
+# (arch, visual_attn, aligner, aligner_ffn) combinations that have a meaning.
+VALID_VARIANTS: tuple[tuple[str, str, str, bool], ...] = (
+    ("decoder", "none", "reuse", False),  # EE-MLLM
+    ("decoder", "none", "reuse", True),  # EE-MLLM-F / composite attention + visual FFN
+    ("decoder", "none", "fresh", False),  # no weight reuse: new per-layer Wv', Wo'
+    ("decoder", "none", "fresh", True),
+    ("decoder", "none", "none", False),  # visual tokens stay the projector output
+    ("decoder", "self", "reuse", True),  # LLaVA: plain decoder over [I; T]
+    ("decoder", "self", "reuse", False),  # LLaVA attention, visual tokens skip the FFN
+    ("flamingo", "none", "none", False),  # LLM sees text only; gated cross-attention
+)
+
+
+def _check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+@dataclass
+class LLMConfig:
+    """A Llama-family decoder. With `path` set, the sizes come from `path/config.json`."""
+
+    path: str | None = None
+    vocab_size: int = 128
+    hidden_size: int = 64
+    intermediate_size: int = 160
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    rms_norm_eps: float = 1e-6
+    max_positions: int = 2048
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 scaling only
+    rope_high_freq_factor: float = 4.0  # llama3 scaling only
+    rope_original_max_positions: int = 8192  # llama3 scaling only
+    qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("llm", "rope_type", self.rope_type, ROPE_TYPES)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"llm.num_heads={self.num_heads} is not a multiple of "
+                f"llm.num_kv_heads={self.num_kv_heads}; grouped-query attention needs it to be"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"llm.hidden_size={self.hidden_size} is not divisible by llm.num_heads="
+                f"{self.num_heads}; set llm.head_dim explicitly"
+            )
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass
+class VisionConfig:
+    """A CLIP or SigLIP vision tower. With `path` set, the sizes come from that HF folder."""
+
+    path: str | None = None
+    kind: str = "clip"
+    image_size: int = 32
+    patch_size: int = 8
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    feature_layer: int = -2  # LLaVA takes the penultimate layer's hidden states
+    feature_select: str = "patch"  # patch: drop CLS (LLaVA "default"); full: keep it
+
+    def __post_init__(self) -> None:
+        _check_choice("vision", "kind", self.kind, VISION_KINDS)
+        _check_choice("vision", "feature_select", self.feature_select, FEATURE_SELECTS)
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"vision.image_size={self.image_size} is not a multiple of "
+                f"vision.patch_size={self.patch_size}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "decoder"
+    visual_attn: str = "none"
+    aligner: str = "reuse"
+    aligner_init: str = "copy"
+    aligner_ffn: bool = False
+    projector_depth: int = 2
+    cross_every: int = 1  # flamingo: a gated cross-attention block before every k-th layer
+    attn_impl: str = "auto"  # auto: flash-attn on CUDA when installed, else SDPA
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "arch", self.arch, ARCHS)
+        _check_choice("model", "visual_attn", self.visual_attn, VISUAL_ATTNS)
+        _check_choice("model", "aligner", self.aligner, ALIGNERS)
+        _check_choice("model", "aligner_init", self.aligner_init, ALIGNER_INITS)
+        _check_choice("model", "attn_impl", self.attn_impl, ATTN_IMPLS)
+        variant = (self.arch, self.visual_attn, self.aligner, bool(self.aligner_ffn))
+        if variant not in VALID_VARIANTS:
+            valid = "\n  ".join(
+                f"arch={a} visual_attn={v} aligner={al} aligner_ffn={str(f).lower()}"
+                for a, v, al, f in VALID_VARIANTS
+            )
+            raise ValueError(
+                f"model variant arch={self.arch} visual_attn={self.visual_attn} "
+                f"aligner={self.aligner} aligner_ffn={str(self.aligner_ffn).lower()} "
+                f"has no defined meaning; valid combinations are:\n  {valid}"
+            )
+        if self.aligner_init != "copy" and self.aligner != "fresh":
+            raise ValueError(
+                f"model.aligner_init={self.aligner_init!r} only applies to model.aligner=fresh "
+                f"(got aligner={self.aligner!r}); leave aligner_init=copy"
+            )
+        if self.projector_depth < 1:
+            raise ValueError(f"model.projector_depth={self.projector_depth} must be >= 1")
+        if self.cross_every < 1:
+            raise ValueError(f"model.cross_every={self.cross_every} must be >= 1")
+
+
+# Each preset overrides a few top-level fields of ModelConfig.
+PRESETS: dict[str, dict[str, Any]] = {
+    "ee_mllm": {},
+    "llava": {"visual_attn": "self", "aligner_ffn": True},
+    # EE-MLLM-F: the LLaVA checkpoint (same parameters) evaluated with composite attention.
+    "ee_mllm_f": {"visual_attn": "none", "aligner_ffn": True},
+    "flamingo": {"arch": "flamingo", "aligner": "none"},
+    "ee_mllm_fresh": {"aligner": "fresh"},
+    "ee_mllm_fresh_random": {"aligner": "fresh", "aligner_init": "random"},
+    "ee_mllm_no_aligner": {"aligner": "none"},
+    "llava_no_ffn": {"visual_attn": "self", "aligner_ffn": False},
+    "ee_mllm_proj1": {"projector_depth": 1},
+    "ee_mllm_proj3": {"projector_depth": 3},
+}
+
+
+def model_config(preset: str, **overrides: Any) -> ModelConfig:
+    """The named preset (exact name), with top-level fields overridden."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; presets are {sorted(PRESETS)}")
+    known = {f.name for f in fields(ModelConfig)}
+    for key in overrides:
+        if key not in known:
+            raise ValueError(f"model.{key} is not a model config field; fields are {sorted(known)}")
+    return replace(ModelConfig(), **{**PRESETS[preset], **overrides})

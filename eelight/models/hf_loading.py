@@ -1,0 +1,250 @@
+"""Strict loading of local Hugging Face checkpoint folders. Nothing is downloaded.
+
+- LLM folders (Llama / Vicuna, Mistral, Qwen2): `config.json` + `model.safetensors`
+  or a sharded `model.safetensors.index.json`.
+- Vision folders: CLIP / SigLIP, either a vision-only model or a full
+  image-text model (its text half is skipped by name).
+- LLaVA folders (`LlavaForConditionalGeneration`): vision tower + projector + LLM.
+
+Every checkpoint key goes through a templated key map; a key that no rule maps
+(and no rule explicitly skips), a key of ours that the checkpoint lacks, or a
+tensor of the wrong shape raises an error that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eelight.models.config import LLMConfig, ModelConfig, VisionConfig
+
+LLM_FAMILIES = ("llama", "mistral", "qwen2")
+
+# (HF key regex, our key template). Our decoder's names follow HF Llama minus `model.`.
+_LLAMA_RULES = [
+    (r"model\.embed_tokens\.weight", "embed_tokens.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight", r"layers.\1.self_attn.\2_proj.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", r"layers.\1.mlp.\2_proj.weight"),
+    (r"model\.layers\.(\d+)\.(input|post_attention)_layernorm\.weight", r"layers.\1.\2_layernorm.weight"),
+    (r"model\.norm\.weight", "norm.weight"),
+    (r"lm_head\.weight", "lm_head.weight"),
+]
+LLM_KEY_RULES: dict[str, list[tuple[str, str]]] = {
+    "llama": _LLAMA_RULES,
+    "mistral": _LLAMA_RULES,
+    "qwen2": _LLAMA_RULES
+    + [(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias", r"layers.\1.self_attn.\2_proj.bias")],
+}
+# Buffers some older checkpoints carry; recomputed here from the config.
+LLM_SKIP = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"]
+# The text half of a full CLIP / SigLIP checkpoint.
+VISION_SKIP = [r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"logit_(scale|bias)"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not match the model: names the key and the fix."""
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: a Hugging Face checkpoint folder needs config.json")
+    return json.loads(path.read_text())
+
+
+def read_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a folder: `model.safetensors` or the shards its index names."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            if not (folder / name).is_file():
+                raise CheckpointError(f"{folder / name} is listed in {index.name} but missing")
+            state.update(load_file(folder / name))
+        return state
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return load_file(single)
+    raise CheckpointError(
+        f"no model.safetensors or model.safetensors.index.json in {folder}; re-save the model "
+        "with transformers' save_pretrained(..., safe_serialization=True)"
+    )
+
+
+def map_keys(
+    state: dict[str, torch.Tensor], rules: list[tuple[str, str]], skip: list[str], source: str
+) -> dict[str, torch.Tensor]:
+    """Checkpoint keys -> our keys by the first rule that fully matches, after dropping the
+    keys `skip` names; raises on a key that no rule maps."""
+    compiled = [(re.compile(pattern), template) for pattern, template in rules]
+    skipped = [re.compile(pattern) for pattern in skip]
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if any(s.fullmatch(key) for s in skipped):
+            continue
+        for pattern, template in compiled:
+            if pattern.fullmatch(key):
+                out[pattern.sub(template, key)] = tensor
+                break
+        else:
+            raise CheckpointError(f"unexpected tensor {key!r} in {source}: no key-map rule for it")
+    return out
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str, new: list[str] = ()) -> None:
+    """Load `state` into `module`; every tensor of the module except `new` must be present
+    with its exact shape, and `state` must hold nothing else."""
+    own = module.state_dict()
+    tied = _tied_aliases(module)
+    for key, tensor in state.items():
+        if key not in own or key in new:
+            raise CheckpointError(f"unexpected tensor {key!r} in {source}: the model has no such parameter")
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"tensor {key!r} in {source} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(own[key].shape)}: the folder's config.json does not match its weights"
+            )
+    missing = [k for k in own if k not in state and k not in new and k not in tied]
+    if missing:
+        raise CheckpointError(f"tensor {missing[0]!r} is missing from {source} ({len(missing)} missing)")
+    module.load_state_dict(state, strict=False)
+
+
+def _tied_aliases(module: nn.Module) -> set[str]:
+    """Names of parameters that are a second name for an earlier one (tied LM head)."""
+    seen: set[int] = set()
+    aliases = set()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            aliases.add(name)
+        seen.add(id(param))
+    return aliases
+
+
+def llm_config_from_hf(hf: dict[str, Any], path: str | None = None) -> tuple[LLMConfig, str]:
+    """Our LLMConfig (and the family name) from an HF `config.json` dict."""
+    family = hf.get("model_type")
+    if family not in LLM_FAMILIES:
+        raise CheckpointError(
+            f"LLM model_type {family!r} is not supported; supported families are {list(LLM_FAMILIES)}"
+        )
+    if family != "qwen2" and hf.get("attention_bias"):
+        raise CheckpointError(f"{family} checkpoints with attention_bias=true are not supported")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise CheckpointError(f"rope scaling {rope_type!r} is not supported; supported: default, linear, llama3")
+    heads = hf["num_attention_heads"]
+    cfg = LLMConfig(
+        path=path,
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim"),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        max_positions=hf.get("max_position_embeddings", 2048),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+        rope_type=rope_type,
+        rope_factor=rope.get("factor", 1.0),
+        rope_low_freq_factor=rope.get("low_freq_factor", 1.0),
+        rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
+        rope_original_max_positions=rope.get("original_max_position_embeddings", 8192),
+        qkv_bias=family == "qwen2",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+    return cfg, family
+
+
+def vision_config_from_hf(hf: dict[str, Any]) -> Any:
+    """The `transformers` vision config of a CLIP / SigLIP (vision or full) config dict."""
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
+
+    kind = hf.get("model_type")
+    if kind in ("clip", "siglip"):
+        hf, kind = hf["vision_config"], f"{kind}_vision_model"
+    if kind == "clip_vision_model":
+        return CLIPVisionConfig(**hf)
+    if kind == "siglip_vision_model":
+        return SiglipVisionConfig(**hf)
+    raise CheckpointError(f"vision model_type {kind!r} is not supported; use a CLIP or SigLIP folder")
+
+
+def resolve_llm(cfg: LLMConfig) -> tuple[LLMConfig, str]:
+    """The sizes from `cfg.path/config.json` when a path is set, else `cfg` itself."""
+    if not cfg.path:
+        return cfg, "llama"
+    return llm_config_from_hf(read_config(cfg.path), cfg.path)
+
+
+def load_llm_weights(decoder: nn.Module, folder: str, family: str) -> None:
+    source = f"LLM checkpoint {folder}"
+    state = map_keys(read_safetensors(folder), LLM_KEY_RULES[family], LLM_SKIP, source)
+    load_strict(decoder, state, source, decoder.new_parameter_names())
+
+
+def _vision_rules(prefix: str = "") -> list[tuple[str, str]]:
+    # Vision-only folders keep HF's own names; older ones nest them under `vision_model.`.
+    return [(rf"{prefix}(?:vision_model\.)?(.+)", r"\1")]
+
+
+def load_vision_weights(tower: nn.Module, folder: str) -> None:
+    source = f"vision checkpoint {folder}"
+    state = map_keys(read_safetensors(folder), _vision_rules(), VISION_SKIP, source)
+    load_strict(tower.model, state, source)
+
+
+def llava_model_config(folder: str, preset: ModelConfig) -> tuple[ModelConfig, Any]:
+    """Our config for a `transformers` LLaVA folder: the preset's variant, the folder's sizes."""
+    hf = read_config(folder)
+    if hf.get("model_type") != "llava":
+        raise CheckpointError(f"{folder} is a {hf.get('model_type')!r} checkpoint, not a LLaVA one")
+    if hf.get("projector_hidden_act", "gelu") != "gelu" or not hf.get("multimodal_projector_bias", True):
+        raise CheckpointError(f"{folder}: only LLaVA-1.5's mlp2x_gelu projector (with biases) is supported")
+    layer = hf.get("vision_feature_layer", -2)
+    if not isinstance(layer, int):
+        raise CheckpointError(f"{folder}: vision_feature_layer={layer} (several layers) is not supported")
+    llm, _ = llm_config_from_hf(hf["text_config"], folder)
+    vision_hf = vision_config_from_hf(hf["vision_config"])
+    kind = "siglip" if "siglip" in vision_hf.model_type else "clip"
+    select = "full" if hf.get("vision_feature_select_strategy") == "full" else "patch"
+    vision = VisionConfig(path=None, kind=kind, feature_layer=layer, feature_select=select)
+    return replace(preset, llm=llm, vision=vision, projector_depth=2), vision_hf
+
+
+def llava_key_rules(family: str) -> list[tuple[str, str]]:
+    """LLaVA keys, in both the legacy (`language_model.model.`) and the
+    transformers-5 (`model.language_model.`) layouts, to our MLLM's keys."""
+    rules = [
+        (r"(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)", r"vision.model.\1"),
+        (r"(?:model\.)?multi_modal_projector\.linear_1\.(weight|bias)", r"projector.net.0.\1"),
+        (r"(?:model\.)?multi_modal_projector\.linear_2\.(weight|bias)", r"projector.net.2.\1"),
+    ]
+    for pattern, template in LLM_KEY_RULES[family]:
+        body = pattern.removeprefix(r"model\.")
+        if pattern.startswith(r"model\."):
+            hf = rf"(?:language_model\.model\.|model\.language_model\.){body}"
+        else:  # lm_head
+            hf = rf"(?:language_model\.)?{body}"
+        rules.append((hf, "decoder." + template))  # the prefix groups do not capture
+    return rules
+
+
+def load_llava_weights(model: nn.Module, folder: str) -> None:
+    source = f"LLaVA checkpoint {folder}"
+    _, family = llm_config_from_hf(read_config(folder)["text_config"])
+    state = map_keys(read_safetensors(folder), llava_key_rules(family), LLM_SKIP, source)
+    new = ["decoder." + n for n in model.decoder.new_parameter_names()]
+    load_strict(model, state, source, new)

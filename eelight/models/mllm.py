@@ -1,0 +1,203 @@
+"""The assembled multimodal LLM: image -> vision tower -> projector -> visual tokens
+(placed before the text for arch=decoder; cross-attended for arch=flamingo) ->
+decoder -> text logits. `build_mllm` builds one from a config, loading local HF
+folders; `load_llava` builds one from a `transformers` LLaVA folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eelight.models import hf_loading
+from eelight.models.config import LLMConfig, ModelConfig, model_config
+from eelight.models.decoder import Decoder
+from eelight.models.kv_cache import KVCache
+from eelight.models.projector import Projector
+from eelight.models.vision import VisionTower, vision_hf_config
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MLLMOutput:
+    logits: torch.Tensor  # (B, Nt, vocab): text rows only
+    loss: torch.Tensor | None = None
+
+
+def attention_mask(key_valid: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Dense bottom-right causal mask with padded keys masked: (B, 1, n_rows, Lk) bool.
+
+    key_valid (B, Lk): True for real keys. The query rows are the last n_rows keys.
+    A row always sees itself, so a padding row never has an empty softmax (NaN).
+    """
+    lk = key_valid.shape[1]
+    rows = torch.arange(lk - n_rows, lk, device=key_valid.device)[:, None]
+    cols = torch.arange(lk, device=key_valid.device)[None, :]
+    allowed = (cols <= rows) & key_valid[:, None, :]
+    return (allowed | (cols == rows))[:, None]
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits[:, t] against labels[:, t + 1] over supervised tokens."""
+    targets = labels[:, 1:]
+    if not (targets != IGNORE_INDEX).any():
+        raise ValueError(
+            "labels have no supervised token (all -100 after the shift): the batch's answers were "
+            "masked or truncated away; the data pipeline must skip such samples"
+        )
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+class MLLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, llm: LLMConfig, vision_config) -> None:
+        super().__init__()
+        self.cfg = replace(cfg, llm=llm)
+        self.vision = VisionTower(cfg.vision, vision_config)
+        self.projector = Projector(self.vision.hidden_size, llm.hidden_size, cfg.projector_depth)
+        self.decoder = Decoder(llm, cfg)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.vision.num_tokens
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> visual tokens (B, Nv, d)."""
+        return self.projector(self.vision(pixel_values))
+
+    def _check_lengths(self, n_visual: int, n_text: int) -> None:
+        if n_text == 0:
+            raise ValueError("input_ids is empty: every sample needs at least one text token (e.g. BOS)")
+        limit = self.cfg.llm.max_positions
+        if n_visual + n_text > limit:
+            raise ValueError(
+                f"{n_visual} visual + {n_text} text tokens exceed the LLM's context of {limit} positions; "
+                "shorten the text (data.max_length) or use fewer visual tokens (smaller image/larger patch)"
+            )
+
+    def _run(
+        self,
+        input_ids: torch.Tensor,
+        visual: torch.Tensor | None,
+        text_valid: torch.Tensor | None,
+        cache: KVCache | None = None,
+        start: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One decoder pass. visual (B, Nv, d) or None; text_valid (B, L_text_so_far) bool or
+        None (no padding); start (B,): RoPE position of the first new text token."""
+        b, nt = input_ids.shape
+        in_stream = visual is not None and self.cfg.arch == "decoder"
+        nv = visual.shape[1] if in_stream else 0
+        past = 0 if cache is None else cache.length
+        self._check_lengths(past + nv, nt)
+        h = self.decoder.embed_tokens(input_ids)
+        if in_stream:
+            h = torch.cat([visual.to(h.dtype), h], dim=1)
+        if start is None:
+            first = nv if in_stream else 0
+            if text_valid is None:
+                text_pos = torch.arange(first, first + nt, device=h.device).expand(b, nt)
+            else:  # left padding: real tokens count up from `first`
+                text_pos = first + (text_valid.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            text_pos = start[:, None] + torch.arange(nt, device=h.device)
+        positions = torch.cat([torch.arange(nv, device=h.device).expand(b, nv), text_pos], dim=1)
+        mask = None
+        if text_valid is not None and not bool(text_valid.all()):
+            # Keys are [visual; text so far]: all but the text ones are visual (never padding).
+            n_visual_keys = past + nv + nt - text_valid.shape[1]
+            key_valid = torch.cat([text_valid.new_ones(b, n_visual_keys), text_valid], dim=1)
+            mask = attention_mask(key_valid, nv + nt)
+        flamingo_visual = visual if self.cfg.arch == "flamingo" else None
+        return self.decoder(h, nv, positions, mask, cache, flamingo_visual)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        visual_tokens: torch.Tensor | None = None,
+    ) -> MLLMOutput:
+        """input_ids (B, Nt); pixel_values (B, C, S, S) or precomputed visual_tokens
+        (B, Nv, d); labels (B, Nt) with -100 where no loss; attention_mask (B, Nt)
+        1 for real tokens (left padding). Returns text logits and the next-token loss."""
+        if visual_tokens is None and pixel_values is not None:
+            visual_tokens = self.encode_images(pixel_values)
+        valid = None if attention_mask is None else attention_mask.bool()
+        logits = self._run(input_ids, visual_tokens, valid)
+        loss = None if labels is None else next_token_loss(logits, labels)
+        return MLLMOutput(logits=logits, loss=loss)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 16,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Greedy decoding; returns the new tokens (B, <= max_new_tokens). After EOS a row
+        keeps emitting EOS. With a cache, new text tokens decode against the cached
+        visual and text K/V (and Flamingo's cached cross-attention K/V)."""
+        visual = None if pixel_values is None else self.encode_images(pixel_values)
+        b = input_ids.shape[0]
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        cache = KVCache(len(self.decoder.layers)) if use_cache else None
+        ids, out = input_ids, []
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        logits = self._run(ids, visual, valid, cache)
+        nv = visual.shape[1] if visual is not None and self.cfg.arch == "decoder" else 0
+        next_pos = nv + valid.long().sum(-1)  # RoPE position of the next token
+        for step in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)
+            if eos_token_id is not None:
+                token = torch.where(done, torch.full_like(token, eos_token_id), token)
+                done |= token == eos_token_id
+            out.append(token)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            valid = torch.cat([valid, valid.new_ones(b, 1)], dim=1)
+            if cache is None:
+                ids = torch.cat([ids, token[:, None]], dim=1)
+                logits = self._run(ids, visual, valid)
+            else:
+                vis = visual if self.cfg.arch == "flamingo" else None  # decoder: visual K/V are cached
+                logits = self._run(token[:, None], vis, valid, cache, start=next_pos)
+            next_pos = next_pos + 1
+        return torch.stack(out, dim=1)
+
+
+def build_mllm(cfg: ModelConfig) -> MLLM:
+    """Build the model; load the LLM / vision tower from their local HF folders when set."""
+    llm, family = hf_loading.resolve_llm(cfg.llm)
+    if cfg.vision.path:
+        vision_config = hf_loading.vision_config_from_hf(hf_loading.read_config(cfg.vision.path))
+    else:
+        vision_config = vision_hf_config(cfg.vision)
+    model = MLLM(cfg, llm, vision_config)
+    if cfg.llm.path:
+        hf_loading.load_llm_weights(model.decoder, cfg.llm.path, family)
+    if cfg.vision.path:
+        hf_loading.load_vision_weights(model.vision, cfg.vision.path)
+    if cfg.aligner == "fresh" and cfg.aligner_init == "copy":
+        model.decoder.init_aligner_copies()
+    return model
+
+
+def load_llava(folder: str, preset: str = "llava") -> MLLM:
+    """A `transformers` LLaVA folder (`LlavaForConditionalGeneration` layout) as our model,
+    with the preset's variant (e.g. `ee_mllm_f` evaluates it with composite attention)."""
+    cfg, vision_config = hf_loading.llava_model_config(folder, model_config(preset))
+    model = MLLM(cfg, cfg.llm, vision_config)
+    hf_loading.load_llava_weights(model, folder)
+    if cfg.aligner == "fresh" and cfg.aligner_init == "copy":
+        model.decoder.init_aligner_copies()
+    return model

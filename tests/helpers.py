@@ -1,0 +1,80 @@
+"""Tiny genuine Hugging Face checkpoints, built and saved by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_LLM = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+TINY_CLIP = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+)
+
+
+def save_llama(folder: Path, seed: int = 0, **overrides) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**{**TINY_LLM, **overrides})
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def save_qwen2(folder: Path, seed: int = 0) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**TINY_LLM, tie_word_embeddings=True, rope_theta=1e6))
+    with torch.no_grad():  # HF initialises biases to 0: make them matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_mistral(folder: Path, seed: int = 0) -> Path:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    MistralForCausalLM(MistralConfig(**TINY_LLM)).save_pretrained(folder)
+    return folder
+
+
+def save_llava(folder: Path, seed: int = 0) -> Path:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(**TINY_CLIP),
+        text_config=LlamaConfig(**TINY_LLM),
+        image_token_index=TINY_LLM["vocab_size"] - 1,
+        image_seq_length=16,
+    )
+    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
+    return folder
+
+
+def hf_llava(folder: Path):
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(folder).eval()
+
+
+def hf_causal_lm(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
