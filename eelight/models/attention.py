@@ -34,6 +34,8 @@ Both classes return `(delta, start)`: the residual update for rows `start:`
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,14 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
         return x
     b, length, h_kv, hd = x.shape
     return x[:, :, :, None, :].expand(b, length, h_kv, n_rep, hd).reshape(b, length, h_kv * n_rep, hd)
+
+
+@lru_cache(maxsize=64)
+def lower_right(lq: int, lk: int):
+    """SDPA's bottom-right causal bias for Lq queries over Lk keys. It holds only the two
+    sizes, so one object per shape is reused by every layer (and it cannot be created
+    under a dispatch mode such as FlopCounterMode: the cache lets a warm-up build it)."""
+    return causal_lower_right(lq, lk)
 
 
 def use_flash(impl: str, q: torch.Tensor) -> bool:
@@ -85,7 +95,7 @@ def attend(
         return flash_attn_func(q, k, v, causal=True).reshape(b, lq, h * hd)
     if mask is None:
         # Lq == 1 sees every key; Lq == Lk is ordinary causal; else bottom-right causal.
-        mask = None if lq == 1 or lq == lk else causal_lower_right(lq, lk)
+        mask = None if lq == 1 or lq == lk else lower_right(lq, lk)
         is_causal = lq == lk and lq > 1
     else:
         is_causal = False
