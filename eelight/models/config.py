@@ -129,14 +129,14 @@ class ModelConfig:
         _check_choice("model", "attn_impl", self.attn_impl, ATTN_IMPLS)
         variant = (self.arch, self.visual_attn, self.aligner, bool(self.aligner_ffn))
         if variant not in VALID_VARIANTS:
-            valid = "\n  ".join(
+            valid = "; ".join(
                 f"arch={a} visual_attn={v} aligner={al} aligner_ffn={str(f).lower()}"
                 for a, v, al, f in VALID_VARIANTS
             )
             raise ValueError(
                 f"model variant arch={self.arch} visual_attn={self.visual_attn} "
                 f"aligner={self.aligner} aligner_ffn={str(self.aligner_ffn).lower()} "
-                f"has no defined meaning; valid combinations are:\n  {valid}"
+                f"has no defined meaning; valid combinations are: {valid}"
             )
         if self.aligner_init != "copy" and self.aligner != "fresh":
             raise ValueError(

@@ -1,0 +1,95 @@
+"""Probe accuracy: greedy answers to the four question types on held-out images,
+scored by exact match of the answer tokens (a torchmetrics metric), with chance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchmetrics import Metric
+
+from eelight.data.probe import CHANCE, QUESTIONS
+from eelight.data.text import template
+
+KINDS = sorted(QUESTIONS)
+
+
+class ProbeAccuracy(Metric):
+    """Exact-match accuracy per question type (and overall)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.zeros(len(KINDS)), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(len(KINDS)), dist_reduce_fx="sum")
+
+    def update(self, predictions: list[list[int]], targets: list[list[int]], kinds: list[str]) -> None:
+        for pred, target, kind in zip(predictions, targets, kinds, strict=True):
+            i = KINDS.index(kind)
+            self.correct[i] += float(pred == target)
+            self.total[i] += 1
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        per_kind = {k: self.correct[i] / self.total[i].clamp(min=1) for i, k in enumerate(KINDS)}
+        return {"overall": self.correct.sum() / self.total.sum().clamp(min=1), **per_kind}
+
+
+@dataclass
+class ProbeQuestion:
+    pixel_values: torch.Tensor  # (C, S, S)
+    prompt: list[int]
+    answer: list[int]  # answer tokens + end of turn, as the model must generate them
+    kind: str
+
+
+def probe_questions(urls: str, tokenizer, processor, template_name: str, n_images: int) -> list[ProbeQuestion]:
+    """Four questions for each of the first n_images held-out probe images."""
+    import webdataset as wds
+
+    from eelight.data.loader import expand_urls
+
+    tpl = template(template_name)
+    out: list[ProbeQuestion] = []
+    ds = wds.DataPipeline(wds.SimpleShardList(expand_urls(urls)), wds.tarfile_to_samples(), wds.decode("pil"))
+    for sample in ds:
+        if len(out) >= 4 * n_images:
+            break
+        answers = sample["json"].get("probe")
+        if not answers:
+            raise ValueError(f"sample {sample['__key__']} has no probe answers: not a probe eval shard")
+        image = next(sample[e] for e in ("png", "jpg") if e in sample)
+        pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        for kind in KINDS:
+            text = tpl.system + tpl.user.format(text=QUESTIONS[kind]) + tpl.assistant
+            prompt = ([tokenizer.bos_token_id] if tpl.bos else []) + tokenizer.encode(text, add_special_tokens=False)
+            answer = tokenizer.encode(answers[kind], add_special_tokens=False)
+            end = tokenizer.encode(tpl.end_of_turn, add_special_tokens=False) if tpl.end_of_turn else [
+                tokenizer.eos_token_id]
+            out.append(ProbeQuestion(pixels, prompt, answer + end, kind))
+    return out
+
+
+@torch.no_grad()
+def evaluate_probe(model, questions: list[ProbeQuestion], pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    """Greedy answers, left-padded batches; returns accuracy overall and per type."""
+    metric = ProbeAccuracy()
+    device = next(model.parameters()).device
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start:start + batch_size]
+        width = max(len(q.prompt) for q in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, q in enumerate(chunk):
+            ids[i, width - len(q.prompt):] = torch.tensor(q.prompt)
+            mask[i, width - len(q.prompt):] = 1
+        pixels = torch.stack([q.pixel_values for q in chunk]).to(device)
+        n_new = max(len(q.answer) for q in chunk)
+        out = model.generate(ids.to(device), pixels, attention_mask=mask.to(device), max_new_tokens=n_new)
+        preds = [out[i, : len(q.answer)].tolist() for i, q in enumerate(chunk)]
+        metric.update(preds, [q.answer for q in chunk], [q.kind for q in chunk])
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def chance_levels() -> dict[str, float]:
+    return {"overall": sum(CHANCE.values()) / len(CHANCE), **CHANCE}

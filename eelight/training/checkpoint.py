@@ -1,0 +1,48 @@
+"""Checkpoints: written atomically (temp file + rename, so a kill never leaves a torn
+last.ckpt), and the stage hand-off (`init_from`) loaded strictly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from eelight.models.mllm import MLLM
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        tmp = f"{path}.tmp"
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"init_from={path} does not exist; run the previous stage first (it writes "
+            "runs/<name>/align/last.ckpt)"
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def init_from_checkpoint(model: MLLM, path: str | Path) -> None:
+    """Load a previous stage's weights; every tensor must match (a missing or mis-shaped
+    projector is an error, never a silently random projector)."""
+    state = {k.removeprefix("model."): v for k, v in read_checkpoint(path)["state_dict"].items()}
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise ValueError(f"init_from={path} has no tensor {key!r}: it was trained with another model variant")
+        if state[key].shape != value.shape:
+            raise ValueError(
+                f"init_from={path}: tensor {key!r} has shape {tuple(state[key].shape)}, this model expects "
+                f"{tuple(value.shape)} (different model config?)"
+            )
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise ValueError(f"init_from={path} has tensor {extra[0]!r} that this model variant lacks")
+    model.load_state_dict(state)

@@ -1,0 +1,148 @@
+"""Run configuration: one typed OmegaConf structured config composed from
+`experiments/*.yaml` plus dot-list overrides (`trainer.max_steps=200 model.aligner=fresh`).
+
+`model_preset` picks the named model preset first; the YAML's and the command
+line's `model.*` keys then override its fields. Unknown keys and wrong types
+are rejected with the key named (`ConfigError`, one line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eelight.models.config import ModelConfig, model_config
+
+STAGES = ("align", "instruct")
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a run config; the message is one line naming it."""
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = "data/probe/train-{000000..000003}.tar"
+    val_shards: str | None = "data/probe/eval-000000.tar"
+    tokenizer: str = "data/probe/tokenizer"
+    template: str = "probe"
+    max_length: int = 64
+    batch_size: int = 16
+    shuffle: int = 500
+    seed: int = 0
+    subset: int | None = None  # first N samples: data-efficiency curves
+    epoch_batches: int | None = None  # fixed epoch length (batches per rank)
+    resampled: bool = False  # draw shards with replacement: equal epochs on any shard count
+    num_workers: int = 0
+    max_bad_samples: int | None = None
+    max_bad_fraction: float | None = 0.05
+    val_samples: int = 64  # held-out images used by validation (4 questions each)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # LLM and other trainable parameters
+    projector_lr: float = 2e-3
+    new_params_lr: float = 2e-3  # aligner copies, Flamingo cross-attention
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    betas: tuple[float, float] = (0.9, 0.98)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 300
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    log_every_n_steps: int = 10
+    ckpt_every_n_steps: int = 50
+    val_every_n_steps: int | None = None  # None: validate only at the end
+
+
+@dataclass
+class MLflowConfig:
+    tracking_uri: str | None = None  # None: sqlite store under ./mlruns/
+    experiment: str = "eelight"
+    parent_run_id: str | None = None  # nest this run under a parent (sweeps)
+
+
+@dataclass
+class RunConfig:
+    name: str = "ee_mllm_tiny"
+    out_dir: str = "runs"
+    stage: str = "align"
+    init_from: str | None = None  # the previous stage's last.ckpt (instruct starts from align)
+    seed: int = 0
+    model_preset: str = "ee_mllm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage={self.stage!r} is not allowed; choose one of {list(STAGES)}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name / self.stage
+
+
+def _one_line(exn: Exception) -> str:
+    """OmegaConf messages span lines (full_key, object_type ...): keep the first."""
+    return str(exn).strip().splitlines()[0]
+
+
+def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()
+                    ) -> RunConfig:
+    """Compose YAML files and dot-list overrides onto the typed defaults; validate."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        layers = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
+        probe = OmegaConf.merge(*layers) if layers else OmegaConf.create()
+        preset = probe.get("model_preset", "ee_mllm")
+        base = OmegaConf.structured(RunConfig(model_preset=preset, model=model_config(preset)))
+        merged = OmegaConf.merge(base, *layers)
+        cfg = OmegaConf.to_object(merged)
+    except FileNotFoundError as exn:
+        raise ConfigError(f"config file not found: {exn.filename}") from exn
+    except OmegaConfBaseException as exn:
+        key = getattr(exn, "full_key", None)
+        raise ConfigError(f"bad config key {key!r}: {_one_line(exn)}" if key else _one_line(exn)) from exn
+    except ValueError as exn:
+        raise ConfigError(_one_line(exn)) from exn
+    assert isinstance(cfg, RunConfig)
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def flat_params(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as flat `a.b.c -> value` params (for MLflow)."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return out

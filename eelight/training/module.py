@@ -1,0 +1,99 @@
+"""The LightningModule: next-token loss on label-masked tokens, per-stage freezing,
+parameter groups with their own learning rates, warmup + cosine schedule.
+
+Stages (DESIGN.md §2):
+- align: projector + new parameters (aligner=fresh copies, Flamingo cross-attention
+  and gates) train; the LLM and the vision tower are frozen.
+- instruct: projector + the whole LLM (new parameters included) train; vision frozen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+
+from eelight.data.loader import BadCountTracker
+from eelight.models.mllm import MLLM
+from eelight.training.config import OptimConfig
+
+
+def parameter_groups(model: MLLM, stage: str) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters by group for the stage; sets requires_grad on every parameter."""
+    new = set(model.decoder.new_parameter_names())
+    groups: dict[str, list[torch.nn.Parameter]] = {"projector": [], "new": [], "llm": []}
+    for name, param in model.named_parameters():
+        if name.startswith("projector."):
+            group = "projector"
+        elif name.removeprefix("decoder.") in new:
+            group = "new"
+        elif name.startswith("decoder.") and stage == "instruct":
+            group = "llm"
+        else:
+            group = None  # vision tower always, the LLM in align
+        param.requires_grad_(group is not None)
+        if group:
+            groups[group].append(param)
+    return {k: v for k, v in groups.items() if v}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class MLLMModule(L.LightningModule):
+    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int, probe_eval=None) -> None:
+        super().__init__()
+        self.model, self.stage, self.optim_cfg, self.max_steps = model, stage, optim, max_steps
+        self.probe_eval = probe_eval  # callable(model) -> {kind: accuracy}, or None
+        self.groups = parameter_groups(model, stage)
+        self._last_time: float | None = None
+        self.bad_tracker = BadCountTracker()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.bad_tracker.update(batch)
+        out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"])
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"loss is {out.loss.item()} at step {self.global_step}: stopping; the last good "
+                "checkpoint (last.ckpt) is kept. Lower optim.lr or check the data"
+            )
+        now = time.perf_counter()
+        b, n = batch["input_ids"].shape
+        if self._last_time is not None:
+            dt = now - self._last_time
+            self.log("throughput/samples_per_s", b / dt)
+            self.log("throughput/tokens_per_s", b * (n + self.model.num_visual_tokens) / dt)
+        self._last_time = now
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        for kind, count in self.bad_tracker.counts.items():
+            self.log(f"data/bad_{kind}", float(count))
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"])
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.probe_eval is None or self.trainer.sanity_checking:
+            return
+        for kind, acc in self.probe_eval(self.model).items():
+            self.log(f"val/probe_acc_{kind}", acc, prog_bar=kind == "overall")
+
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        lrs = {"projector": o.projector_lr, "new": o.new_params_lr, "llm": o.lr}
+        optimizer = torch.optim.AdamW(
+            [{"params": ps, "lr": lrs[g], "name": g} for g, ps in self.groups.items()],
+            weight_decay=o.weight_decay, betas=tuple(o.betas),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, o.warmup_steps, self.max_steps, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,138 @@
+"""One training run (one stage) from a RunConfig: data, model, Lightning Trainer,
+MLflow logging, atomic checkpoints and resume.
+
+Resume: rerunning the same command finds `<run_dir>/last.ckpt` and continues
+from it (model, optimizer, scheduler, step). The WebDataset stream cannot be
+restored to its exact position through shuffle buffers, so a resumed run
+starts a new slice of the data with seed `data.seed + step`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eelight.training.config import RunConfig, flat_params, to_yaml
+
+
+def mlflow_uri(cfg: RunConfig) -> tuple[str, str | None]:
+    """(tracking URI, artifact location): by default a SQLite store under ./mlruns/."""
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri, None
+    root = Path("mlruns").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root}/mlflow.db", (root / "artifacts").as_uri()
+
+
+def make_logger(cfg: RunConfig):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri, artifacts = mlflow_uri(cfg)
+    id_file = cfg.run_dir / "mlflow_run_id"
+    tags = {"stage": cfg.stage, "model_preset": cfg.model_preset}
+    if cfg.mlflow.parent_run_id:
+        tags["mlflow.parentRunId"] = cfg.mlflow.parent_run_id
+    return MLFlowLogger(
+        experiment_name=cfg.mlflow.experiment, run_name=f"{cfg.name}/{cfg.stage}", tracking_uri=uri,
+        artifact_location=artifacts, tags=tags,
+        run_id=id_file.read_text().strip() if id_file.exists() else None,  # a resumed run continues
+    )
+
+
+def make_loaders(cfg: RunConfig, tokenizer, processor, data_seed: int):
+    import webdataset as wds
+
+    from eelight.data.loader import BadSampleCounter, make_pipeline
+
+    d = cfg.data
+    common = dict(stage=cfg.stage, tokenizer=tokenizer, processor=processor, template_name=d.template,
+                  batch_size=d.batch_size, max_length=d.max_length)
+    counter = BadSampleCounter(d.max_bad_samples, d.max_bad_fraction)
+    train = make_pipeline(d.train_shards, shuffle=d.shuffle, seed=data_seed, subset=d.subset,
+                          epoch_batches=d.epoch_batches, resampled=d.resampled, counter=counter, **common)
+    loader = wds.WebLoader(train, batch_size=None, num_workers=d.num_workers,
+                           persistent_workers=d.num_workers > 0)
+    val = None
+    if d.val_shards:
+        val_ds = make_pipeline(d.val_shards, max_batches=max(1, d.val_samples // d.batch_size), **common)
+        val = wds.WebLoader(val_ds, batch_size=None, num_workers=0)
+    return loader, val
+
+
+def probe_evaluator(cfg: RunConfig, tokenizer, processor):
+    """Greedy-answer accuracy on held-out probe images (instruct stage, probe data only)."""
+    from eelight.eval.probe_eval import evaluate_probe, probe_questions
+
+    if cfg.stage != "instruct" or not cfg.data.val_shards or cfg.data.val_samples <= 0:
+        return None
+    try:
+        questions = probe_questions(cfg.data.val_shards, tokenizer, processor, cfg.data.template,
+                                    cfg.data.val_samples)
+    except ValueError:
+        return None  # not probe data: validation loss only
+    return lambda model: evaluate_probe(model, questions, tokenizer.pad_token_id)
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Run one stage; returns the checkpoint path, MLflow run id and final metrics."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from eelight.data.tokenizer import load_tokenizer
+    from eelight.models.mllm import build_mllm
+    from eelight.models.vision import image_processor
+    from eelight.training.checkpoint import AtomicCheckpointIO, init_from_checkpoint, read_checkpoint
+    from eelight.training.module import MLLMModule
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    last = run_dir / "last.ckpt"
+    resume_step = read_checkpoint(last)["global_step"] if last.exists() else 0
+    L.seed_everything(cfg.seed, verbose=False)
+
+    model = build_mllm(cfg.model)
+    if cfg.init_from and not last.exists():
+        init_from_checkpoint(model, cfg.init_from)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    processor = image_processor(cfg.model.vision, model.vision.image_size)
+    train_loader, val_loader = make_loaders(cfg, tokenizer, processor, cfg.data.seed + resume_step)
+    module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
+                        probe_evaluator(cfg, tokenizer, processor))
+
+    logger = make_logger(cfg)
+    (run_dir / "mlflow_run_id").write_text(logger.run_id)
+    if not resume_step:
+        logger.log_hyperparams(flat_params(cfg))
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
+                                 every_n_train_steps=t.ckpt_every_n_steps)
+    trainer = L.Trainer(
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, logger=logger,
+        callbacks=[checkpoint], plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
+        limit_val_batches=0 if t.val_every_n_steps is None else None,
+        val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                ckpt_path=str(last) if last.exists() else None)
+    metrics: dict[str, float] = {}
+    if val_loader is not None:
+        trainer.limit_val_batches = 1.0
+        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id, "metrics": metrics,
+              "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step}
+    _log_artifacts(logger, run_dir, result)
+    return result
+
+
+def _log_artifacts(logger, run_dir: Path, result: dict[str, Any]) -> None:
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    client, run_id = logger.experiment, logger.run_id
+    client.log_artifact(run_id, str(run_dir / "config.yaml"))
+    client.log_artifact(run_id, str(run_dir / "result.json"))
+    client.set_tag(run_id, "checkpoint", result["checkpoint"])
