@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo mlflow-ui
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,4 +20,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(PY) -m eelight.demo
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m eelight.demo $(ARGS)
+
+# Serves the local MLflow store (./mlruns/mlflow.db) on 127.0.0.1 only.
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)
+	mkdir -p mlruns
+	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
+	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlruns/artifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1

@@ -26,3 +26,24 @@ def llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def llava_dir(tmp_path_factory) -> Path:
     return save_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="session")
+def probe_env(tmp_path_factory):
+    """A small probe, tiny pretrained backbones, and the overrides that point a run at them."""
+    from eelight.data.probe import build_probe
+    from eelight.training.backbones import BackboneConfig, build_backbones
+
+    root = tmp_path_factory.mktemp("probe_env")
+    build_probe(str(root / "probe"), n_train=600, n_eval=60, seed=0, shard_size=150)
+    cfg = BackboneConfig(width=64, layers=2, heads=2, lm_steps=150, clip_steps=200, max_samples=600)
+    paths = build_backbones(root / "probe", root / "backbones", cfg)
+    overrides = [
+        f"model.llm.path={paths['llm']}", f"model.vision.path={paths['vision']}",
+        f"data.tokenizer={paths['tokenizer']}",
+        f"data.train_shards={root}/probe/train-{{000000..000003}}.tar",
+        f"data.val_shards={root}/probe/eval-000000.tar",
+        f"out_dir={root}/runs", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+        "data.batch_size=32", "data.val_samples=40", "data.shuffle=200",
+    ]
+    return {"root": root, "overrides": overrides}

@@ -1,0 +1,68 @@
+"""`eelight` command line.
+
+    eelight train experiments/ee_mllm_tiny.yaml [more.yaml ...] [key=value ...]
+    eelight backbones --probe data/probe --out .cache/backbones
+    eelight demo [key=value ...]
+
+Config errors, missing shards and missing checkpoints exit with status 2 and one
+line that names the key, value or path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from eelight.training.config import ConfigError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from eelight.training.config import load_run_config
+    from eelight.training.run import train
+
+    yamls = [a for a in args.items if "=" not in a]
+    overrides = [a for a in args.items if "=" in a]
+    result = train(load_run_config(yamls, overrides))
+    print(json.dumps(result, indent=1))
+
+
+def _backbones(args: argparse.Namespace) -> None:
+    from eelight.training.backbones import BackboneConfig, build_backbones
+
+    cfg = BackboneConfig(lm_steps=args.lm_steps, clip_steps=args.clip_steps)
+    print(json.dumps(build_backbones(args.probe, args.out, cfg)))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from eelight.demo import main
+
+    main(args.overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="eelight", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one stage from experiment YAMLs + dot-list overrides")
+    p.add_argument("items", nargs="*", help="YAML files, then key=value overrides")
+    p.set_defaults(fn=_train)
+    p = sub.add_parser("backbones", help="pretrain (or reuse) the tiny LM and CLIP backbones")
+    p.add_argument("--probe", default="data/probe")
+    p.add_argument("--out", default=".cache/backbones")
+    p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--clip-steps", type=int, default=300)
+    p.set_defaults(fn=_backbones)
+    p = sub.add_parser("demo", help="probe -> backbones -> align -> instruct -> accuracy")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=_demo)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ConfigError, FileNotFoundError) as exn:
+        print(f"eelight: error: {exn}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

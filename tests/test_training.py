@@ -1,0 +1,140 @@
+"""The training spine on the probe: learning, freezing, resume, config errors, MLflow."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from eelight.training.config import load_run_config
+from eelight.training.run import train
+
+EXPERIMENT = "experiments/ee_mllm_tiny.yaml"
+
+
+def _cfg(env, *extra):
+    return load_run_config([EXPERIMENT], env["overrides"] + list(extra))
+
+
+def _losses(env, run_id):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{env['root']}/mlflow.db")
+    return [m.value for m in client.get_metric_history(run_id, "train/loss")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["ee_mllm", "llava", "flamingo"])
+def test_instruct_training_learns_the_probe(probe_env, preset):
+    cfg = _cfg(probe_env, f"model_preset={preset}", f"name={preset}_learn", "stage=instruct",
+               "trainer.max_steps=150", "trainer.log_every_n_steps=5", "optim.lr=2e-3",
+               "optim.projector_lr=3e-3", "optim.new_params_lr=3e-3", "optim.warmup_steps=5")
+    result = train(cfg)
+    losses = _losses(probe_env, result["mlflow_run_id"])
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:2]) / 2, losses
+    acc = result["metrics"]["val/probe_acc_overall"]
+    assert acc > 0.4, result["metrics"]  # chance is 0.25 for every question type
+    assert result["global_step"] == 150
+
+
+def test_align_freezes_llm_and_vision(probe_env):
+    from eelight.models.mllm import build_mllm
+    from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.training.module import parameter_groups
+
+    cfg = _cfg(probe_env, "model_preset=ee_mllm_fresh", "name=freeze", "trainer.max_steps=8")
+    before = build_mllm(cfg.model)
+    groups = parameter_groups(before, "align")
+    assert set(groups) == {"projector", "new"}
+    assert all(not p.requires_grad for n, p in before.named_parameters()
+               if n.startswith("vision.") or (n.startswith("decoder.") and ".aligner_" not in n))
+    result = train(cfg)
+    after = build_mllm(cfg.model)
+    init_from_checkpoint(after, result["checkpoint"])
+    old, new = before.state_dict(), after.state_dict()
+    last = len(after.decoder.layers) - 1
+    for name in old:
+        frozen = name.startswith("vision.") or (name.startswith("decoder.") and ".aligner_" not in name)
+        if frozen:
+            assert torch.equal(old[name], new[name]), name  # frozen bytes identical
+        elif name.startswith(f"decoder.layers.{last}."):
+            # The last layer's visual update feeds nothing (only h_T reaches the LM head),
+            # so its aligner gets exactly zero gradient.
+            assert torch.equal(old[name], new[name]), name
+        elif name.endswith("weight"):
+            assert not torch.equal(old[name], new[name]), name  # trainable ones moved
+    instruct = parameter_groups(after, "instruct")
+    assert set(instruct) == {"projector", "new", "llm"}
+
+
+def test_instruct_init_from_mismatched_checkpoint_is_an_error(probe_env):
+    align = train(_cfg(probe_env, "name=handoff", "trainer.max_steps=2"))
+    with pytest.raises(ValueError, match=r"projector\.net\.4\.weight"):
+        train(_cfg(probe_env, "name=handoff", "stage=instruct", "model.projector_depth=3",
+                   f"init_from={align['checkpoint']}", "trainer.max_steps=2"))
+    with pytest.raises(FileNotFoundError, match="init_from=.*nope.ckpt does not exist"):
+        train(_cfg(probe_env, "name=handoff2", "stage=instruct", "init_from=/nope.ckpt"))
+
+
+def test_mlflow_store_holds_params_metrics_and_config(probe_env):
+    import mlflow
+
+    result = train(_cfg(probe_env, "name=tracked", "trainer.max_steps=12", "trainer.log_every_n_steps=2"))
+    mlflow.set_tracking_uri(f"sqlite:///{probe_env['root']}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["eelight"], filter_string="tags.mlflow.runName = 'tracked/align'")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["params.model.aligner"] == "reuse" and run["params.trainer.max_steps"] == "12"
+    assert run["metrics.train/loss"] > 0 and "metrics.throughput/samples_per_s" in runs.columns
+    assert run["metrics.val/loss"] > 0
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"])}
+    assert {"config.yaml", "result.json"} <= artifacts
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen([sys.executable, "-m", "eelight.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [("trainer.max_stepz=3", "'trainer.max_stepz'"),
+     ("model.aligner=maybe", "model.aligner='maybe' is not allowed; choose one of ['reuse', 'fresh', 'none']"),
+     ("data.train_shards=/no/such-{0..1}.tar", "shard /no/such-0.tar does not exist")],
+)
+def test_cli_bad_override_exits_with_one_line(override, expected):
+    proc = _cli("train", EXPERIMENT, override)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("eelight: error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes(probe_env):
+    from eelight.training.checkpoint import read_checkpoint
+
+    args = ["train", EXPERIMENT, *probe_env["overrides"], "name=killed", "trainer.max_steps=60",
+            "trainer.ckpt_every_n_steps=10", "data.val_shards=null"]
+    ckpt = probe_env["root"] / "runs" / "killed" / "align" / "last.ckpt"
+    proc = _cli(*args, start_new_session=True)
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = read_checkpoint(ckpt)["global_step"]
+    assert 10 <= killed_at < 60
+    run_id = (ckpt.parent / "mlflow_run_id").read_text()
+    rerun = _cli(*args)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
+    final = read_checkpoint(ckpt)
+    assert final["global_step"] == 60
+    optimizer_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert optimizer_steps == {60}  # Adam's step count is continuous across the kill
+    assert (ckpt.parent / "mlflow_run_id").read_text() == run_id  # the same MLflow run continues
