@@ -1,0 +1,1 @@
+"""Data: WebDataset shards, chat templates, the synthetic probe (DESIGN.md §3)."""

@@ -1,0 +1,217 @@
+"""The WebDataset pipeline for both stages, in the standard stage order (open_flamingo):
+
+    shard list -> split by node -> split by worker -> shuffle shards -> read tar
+    -> subset -> shuffle samples -> decode -> tokenize/preprocess -> batch -> epoch
+
+Bad samples (unreadable image, missing text, bad JSON, truncated tar, no answer
+left after truncation) are skipped and counted by kind; past `max_bad_samples`
+or `max_bad_fraction` the skip turns into an error naming the shard and key.
+"""
+
+from __future__ import annotations
+
+import random
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eelight.data.shards import read_manifest
+from eelight.data.text import IGNORE_INDEX, NoAnswerLeft, caption_turns, encode, template
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+BAD_KINDS = ("image", "text", "json", "tar", "no_answer")
+
+
+class BadSample(ValueError):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class BadDataError(RuntimeError):
+    """Too many bad samples: names the shard and key of the one over the limit."""
+
+
+@dataclass
+class BadSampleCounter:
+    """A webdataset `handler`: counts each skipped sample by kind; raises past the limits."""
+
+    max_bad_samples: int | None = None
+    max_bad_fraction: float | None = None
+    min_seen_for_fraction: int = 100
+
+    def __post_init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.seen = 0
+
+    def kind_of(self, exn: Exception) -> str:
+        from webdataset.autodecode import DecodingError
+
+        if isinstance(exn, BadSample):
+            return exn.kind
+        if isinstance(exn, NoAnswerLeft):
+            return "no_answer"
+        if isinstance(exn, DecodingError):
+            return "json" if exn.k == "json" else "image" if exn.k in IMAGE_EXTS else "text"
+        if isinstance(exn, (tarfile.TarError, EOFError, OSError, ValueError)):
+            return "tar"
+        raise exn  # a bug, not bad data
+
+    def __call__(self, exn: Exception) -> bool:
+        kind = self.kind_of(exn)
+        self.counts[kind] += 1
+        total = sum(self.counts.values())
+        over_count = self.max_bad_samples is not None and total > self.max_bad_samples
+        seen = max(self.seen, 1)
+        over_fraction = (self.max_bad_fraction is not None and self.seen >= self.min_seen_for_fraction
+                         and total / seen > self.max_bad_fraction)
+        if over_count or over_fraction:
+            where = f"shard {getattr(exn, 'url', None) or _url_of(exn)} key {getattr(exn, 'key', None)}"
+            raise BadDataError(
+                f"{total} bad samples ({dict(self.counts)}) exceed data.max_bad_samples="
+                f"{self.max_bad_samples} / data.max_bad_fraction={self.max_bad_fraction}; last: {kind} "
+                f"at {where}: {exn!r}"
+            ) from exn
+        return True
+
+
+def _url_of(exn: Exception) -> str | None:
+    return next((a for a in getattr(exn, "args", ()) if isinstance(a, str) and ".tar" in a), None)
+
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """Brace-expanded shard list; local files must exist (a missing one is named)."""
+    import braceexpand
+
+    out = [u for pattern in ([urls] if isinstance(urls, str) else urls) for u in braceexpand.braceexpand(pattern)]
+    for url in out:
+        local = not url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+        if local and not Path(url.removeprefix("file:")).is_file():
+            raise FileNotFoundError(f"shard {url} does not exist; check data.train_shards / data.val_shards")
+    return out
+
+
+def subset_keys(urls: list[str], n: int) -> set[str]:
+    """The first n sample keys in shard order, from the manifest beside the shards: the
+    n-sample subset is a prefix of the 2n-sample one, whatever the ranks and workers."""
+    by_name: dict[str, list[str]] = {}
+    for folder in {str(Path(u).parent) for u in urls}:
+        for split in read_manifest(folder)["splits"].values():
+            for shard in split["shards"]:
+                by_name[str(Path(folder) / shard["path"])] = shard["keys"]
+    keys: list[str] = []
+    for url in urls:
+        keys += by_name.get(url, [])
+    if len(keys) < n:
+        raise ValueError(f"data.subset={n} but the shards hold {len(keys)} samples")
+    return set(keys[:n])
+
+
+def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, processor, max_length: int,
+                 counter: BadSampleCounter | None = None) -> dict[str, Any]:
+    """A decoded webdataset sample -> tensors. Raises BadSample for what must be skipped."""
+    if counter is not None:
+        counter.seen += 1
+    image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+    if image is None:
+        raise BadSample("image", f"sample {sample.get('__key__')} has no image")
+    meta = sample.get("json") or {}
+    if not isinstance(meta, dict):
+        raise BadSample("json", f"sample {sample.get('__key__')}: .json is not an object")
+    if stage == "align":
+        caption = sample.get("txt") or meta.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            raise BadSample("text", f"sample {sample.get('__key__')} has no caption (.txt)")
+        ids, labels = encode(caption_turns(caption), template("plain"), tokenizer, max_length)
+    else:
+        turns = meta.get("conversations")  # img2dataset's .json holds only metadata: no turns
+        if not isinstance(turns, list) or not turns:
+            raise BadSample("text", f"sample {sample.get('__key__')} has no conversation in .json")
+        try:
+            ids, labels = encode(turns, template(tpl_name), tokenizer, max_length)
+        except NoAnswerLeft:
+            raise
+        except ValueError as exn:  # malformed turns
+            raise BadSample("json", f"sample {sample.get('__key__')}: {exn}") from exn
+    pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    return {"key": sample["__key__"], "pixel_values": pixels, "input_ids": ids, "labels": labels}
+
+
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad ids with pad_id and labels with -100; stack images."""
+    length = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+    return {"keys": [e["key"] for e in examples], "input_ids": ids, "labels": labels,
+            "pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+
+
+def _with_counts(batch: dict[str, Any], counter: BadSampleCounter) -> dict[str, Any]:
+    """Attach this worker's cumulative bad-sample counts: DataLoader workers are separate
+    processes, so the counts travel with the batches (`BadCountTracker` sums them)."""
+    info = torch.utils.data.get_worker_info()
+    batch["bad_counts"] = (0 if info is None else info.id, dict(counter.counts))
+    return batch
+
+
+class BadCountTracker:
+    """Main-process view of the bad-sample counts of every DataLoader worker."""
+
+    def __init__(self) -> None:
+        self.by_worker: dict[int, dict[str, int]] = {}
+
+    def update(self, batch: dict[str, Any]) -> None:
+        worker, counts = batch["bad_counts"]
+        self.by_worker[worker] = counts
+
+    @property
+    def counts(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for counts in self.by_worker.values():
+            total.update(counts)
+        return dict(total)
+
+
+def make_pipeline(
+    urls: str | list[str], *, stage: str, tokenizer, processor, template_name: str = "probe",
+    batch_size: int = 8, max_length: int = 64, shuffle: int = 0, seed: int = 0,
+    subset: int | None = None, epoch_batches: int | None = None, resampled: bool = False,
+    counter: BadSampleCounter | None = None, max_batches: int | None = None,
+):
+    """The iterable dataset of collated batches (see the module docstring for the stages)."""
+    import webdataset as wds
+
+    shard_urls = expand_urls(urls)
+    counter = counter or BadSampleCounter()
+    stages: list[Any] = []
+    if resampled:  # every rank draws shards at random forever: equal epochs on uneven shard counts
+        stages.append(wds.ResampledShards(shard_urls, seed=seed, deterministic=True))
+    else:
+        stages += [wds.SimpleShardList(shard_urls), wds.split_by_node, wds.split_by_worker]
+        if shuffle:
+            stages.append(wds.detshuffle(len(shard_urls), seed=seed))
+    stages.append(wds.tarfile_to_samples(handler=counter))
+    if subset is not None:
+        keep = subset_keys(shard_urls, subset)
+        stages.append(wds.select(lambda s: s["__key__"] in keep))
+    if shuffle:
+        stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
+    stages += [
+        wds.decode("pil", handler=counter),
+        wds.map(lambda s: make_example(s, stage, tokenizer, template_name, processor, max_length, counter),
+                handler=counter),
+        wds.batched(batch_size, collation_fn=lambda b: _with_counts(collate(b, tokenizer.pad_token_id), counter),
+                    partial=True),
+    ]
+    if max_batches is not None:
+        stages.append(wds.slice(max_batches))
+    pipeline = wds.DataPipeline(*stages)
+    pipeline.bad_counter = counter
+    return pipeline.with_epoch(epoch_batches) if epoch_batches else pipeline

@@ -1,0 +1,36 @@
+"""A word-level tokenizer for the probe's tiny from-scratch runs, saved as a genuine
+Hugging Face tokenizer folder (loaded back with `AutoTokenizer.from_pretrained`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+TEMPLATE_WORDS = ["USER:", "ASSISTANT:"]
+
+
+def build_word_tokenizer(words: list[str], out_dir: str | Path):
+    """Train-free word-level tokenizer over `words` (+ specials, template words); saved to out_dir."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + TEMPLATE_WORDS + sorted(set(words) - set(TEMPLATE_WORDS)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    if not (Path(path) / "tokenizer_config.json").exists():
+        raise FileNotFoundError(
+            f"no tokenizer at {path} (tokenizer_config.json missing); build the probe with "
+            "`python data_pipelines/synthetic_probe.py` or point data.tokenizer at a HF folder"
+        )
+    return AutoTokenizer.from_pretrained(str(path))
