@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from eelight.models.hf_loading import CheckpointError
 from eelight.training.config import ConfigError
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError) as exn:
+    except (ConfigError, CheckpointError, FileNotFoundError) as exn:
         print(f"eelight: error: {exn}", file=sys.stderr)
         sys.exit(2)
 

@@ -54,7 +54,10 @@ class CheckpointError(ValueError):
 def read_config(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{path} not found: a Hugging Face checkpoint folder needs config.json")
+        raise CheckpointError(
+            f"{path} not found: a Hugging Face checkpoint folder needs config.json (check the path; "
+            "the tiny probe backbones are built by `eelight backbones`)"
+        )
     return json.loads(path.read_text())
 
 

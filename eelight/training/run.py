@@ -79,12 +79,16 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from eelight.data.loader import expand_urls
     from eelight.data.tokenizer import load_tokenizer
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
     from eelight.training.checkpoint import AtomicCheckpointIO, init_from_checkpoint, read_checkpoint
     from eelight.training.module import MLLMModule
 
+    expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
+    if cfg.data.val_shards:
+        expand_urls(cfg.data.val_shards)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
