@@ -27,9 +27,11 @@ BAD_KINDS = ("image", "text", "json", "tar", "no_answer")
 
 
 class BadSample(ValueError):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, sample: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.key = (sample or {}).get("__key__")
+        self.url = (sample or {}).get("__url__")
 
 
 class BadDataError(RuntimeError):
@@ -47,22 +49,31 @@ class BadSampleCounter:
     def __post_init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.seen = 0
+        self.urls: list[str] = []  # set by make_pipeline: names the shard of a tar error
+        self._bad_shards: set[str] = set()
 
     def kind_of(self, exn: Exception) -> str:
         from webdataset.autodecode import DecodingError
 
         if isinstance(exn, BadSample):
             return exn.kind
-        if isinstance(exn, NoAnswerLeft):
-            return "no_answer"
         if isinstance(exn, DecodingError):
             return "json" if exn.k == "json" else "image" if exn.k in IMAGE_EXTS else "text"
         if isinstance(exn, (tarfile.TarError, EOFError, OSError, ValueError)):
             return "tar"
         raise exn  # a bug, not bad data
 
+    def shard_of(self, exn: Exception) -> str | None:
+        text = repr(exn)
+        return getattr(exn, "url", None) or next((u for u in self.urls if u in text), None)
+
     def __call__(self, exn: Exception) -> bool:
         kind = self.kind_of(exn)
+        if kind == "tar":  # the tar reader and the opener both report a truncated shard: count it once
+            shard = self.shard_of(exn) or repr(exn)
+            if shard in self._bad_shards:
+                return True
+            self._bad_shards.add(shard)
         self.counts[kind] += 1
         total = sum(self.counts.values())
         over_count = self.max_bad_samples is not None and total > self.max_bad_samples
@@ -70,17 +81,13 @@ class BadSampleCounter:
         over_fraction = (self.max_bad_fraction is not None and self.seen >= self.min_seen_for_fraction
                          and total / seen > self.max_bad_fraction)
         if over_count or over_fraction:
-            where = f"shard {getattr(exn, 'url', None) or _url_of(exn)} key {getattr(exn, 'key', None)}"
+            where = f"shard {self.shard_of(exn)} key {getattr(exn, 'key', None)}"
             raise BadDataError(
                 f"{total} bad samples ({dict(self.counts)}) exceed data.max_bad_samples="
                 f"{self.max_bad_samples} / data.max_bad_fraction={self.max_bad_fraction}; last: {kind} "
                 f"at {where}: {exn!r}"
             ) from exn
         return True
-
-
-def _url_of(exn: Exception) -> str | None:
-    return next((a for a in getattr(exn, "args", ()) if isinstance(a, str) and ".tar" in a), None)
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
@@ -118,25 +125,28 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, p
         counter.seen += 1
     image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     if image is None:
-        raise BadSample("image", f"sample {sample.get('__key__')} has no image")
+        raise BadSample("image", f"sample {sample.get('__key__')} has no image", sample)
     meta = sample.get("json") or {}
     if not isinstance(meta, dict):
-        raise BadSample("json", f"sample {sample.get('__key__')}: .json is not an object")
+        raise BadSample("json", f"sample {sample.get('__key__')}: .json is not an object", sample)
     if stage == "align":
         caption = sample.get("txt") or meta.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            raise BadSample("text", f"sample {sample.get('__key__')} has no caption (.txt)")
-        ids, labels = encode(caption_turns(caption), template("plain"), tokenizer, max_length)
+            raise BadSample("text", f"sample {sample.get('__key__')} has no caption (.txt)", sample)
+        try:
+            ids, labels = encode(caption_turns(caption), template("plain"), tokenizer, max_length)
+        except NoAnswerLeft as exn:
+            raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
     else:
         turns = meta.get("conversations")  # img2dataset's .json holds only metadata: no turns
         if not isinstance(turns, list) or not turns:
-            raise BadSample("text", f"sample {sample.get('__key__')} has no conversation in .json")
+            raise BadSample("text", f"sample {sample.get('__key__')} has no conversation in .json", sample)
         try:
             ids, labels = encode(turns, template(tpl_name), tokenizer, max_length)
-        except NoAnswerLeft:
-            raise
+        except NoAnswerLeft as exn:
+            raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
         except ValueError as exn:  # malformed turns
-            raise BadSample("json", f"sample {sample.get('__key__')}: {exn}") from exn
+            raise BadSample("json", f"sample {sample.get('__key__')}: {exn}", sample) from exn
     pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
     return {"key": sample["__key__"], "pixel_values": pixels, "input_ids": ids, "labels": labels}
 
@@ -190,6 +200,7 @@ def make_pipeline(
 
     shard_urls = expand_urls(urls)
     counter = counter or BadSampleCounter()
+    counter.urls = shard_urls
     stages: list[Any] = []
     if resampled:  # every rank draws shards at random forever: equal epochs on uneven shard counts
         stages.append(wds.ResampledShards(shard_urls, seed=seed, deterministic=True))

@@ -48,7 +48,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
         system="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
         user="<|im_start|>user\n{text}<|im_end|>\n",
         assistant="<|im_start|>assistant\n",
-        end_of_turn="<|im_end|>",
+        end_of_turn="<|im_end|>\n",
         bos=False,
     ),
 }
@@ -103,6 +103,29 @@ def encode(
     if all(label == IGNORE_INDEX for label in labels[1:]):
         raise NoAnswerLeft(f"no answer token left within data.max_length={max_length}")
     return ids, labels
+
+
+def render(turns: list[dict], tpl: ChatTemplate, bos: str = "") -> str:
+    """The conversation as one string, exactly as `encode` tokenises it piece by piece."""
+    return bos + "".join(text for text, _ in segments(turns, tpl))
+
+
+def check_template(tokenizer, name: str) -> None:
+    """When the tokenizer has its own `chat_template`, our template must render a
+    conversation exactly as it does; otherwise the labels would mask the wrong tokens."""
+    if not getattr(tokenizer, "chat_template", None) or name == "plain":
+        return
+    turns = [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
+             {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns]
+    tpl = template(name)
+    ours = render(turns, tpl, tokenizer.bos_token if tpl.bos and tokenizer.bos_token else "")
+    theirs = tokenizer.apply_chat_template(messages, tokenize=False)
+    if ours != theirs:
+        raise ValueError(
+            f"data.template={name!r} renders {ours!r} but the tokenizer's chat_template renders {theirs!r}; "
+            f"pick the template that matches the tokenizer (one of {sorted(TEMPLATES)})"
+        )
 
 
 def caption_turns(caption: str) -> list[dict]:

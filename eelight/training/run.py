@@ -80,6 +80,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from eelight.data.loader import expand_urls
+    from eelight.data.text import check_template
     from eelight.data.tokenizer import load_tokenizer
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
@@ -100,6 +101,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     if cfg.init_from and not last.exists():
         init_from_checkpoint(model, cfg.init_from)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
+    check_template(tokenizer, cfg.data.template)
     processor = image_processor(cfg.model.vision, model.vision.image_size)
     train_loader, val_loader = make_loaders(cfg, tokenizer, processor, cfg.data.seed + resume_step)
     module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,

@@ -1,0 +1,157 @@
+"""Shards, loading, bad samples and the img2dataset layout."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from eelight.data.loader import BadDataError, BadSampleCounter, make_pipeline
+from eelight.data.probe import build_probe, draw, probe_item
+from eelight.data.shards import Sample, write_shards
+from eelight.data.tokenizer import build_word_tokenizer
+from eelight.models.config import VisionConfig
+from eelight.models.vision import image_processor
+
+WORDS = ["a", "red", "circle", "blue", "square", "what", "is", "it", "?"]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return build_word_tokenizer(WORDS, tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def proc():
+    return image_processor(VisionConfig(), 32)
+
+
+def _image(seed, size=32):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def _keys(pipeline):
+    return [k for batch in pipeline for k in batch["keys"]]
+
+
+def test_round_trip_png_pixels_texts_and_conversations(tmp_path, tok, proc):
+    conv = [{"from": "human", "value": "<image>\nwhat is it ?"}, {"from": "gpt", "value": "a red circle"}]
+    samples = [Sample(f"s{i}", _image(i), caption="a blue square", conversations=conv) for i in range(5)]
+    write_shards(samples, tmp_path, "train", max_count=2)
+    index = json.loads((tmp_path / "index.json").read_text())["splits"]["train"]
+    assert index["samples"] == 5 and [s["count"] for s in index["shards"]] == [2, 2, 1]
+    raw = list(wds.DataPipeline(wds.SimpleShardList(sorted(str(p) for p in tmp_path.glob("*.tar"))),
+                                wds.tarfile_to_samples(), wds.decode("pil")))
+    for got, want in zip(raw, samples, strict=True):
+        assert got["__key__"] == want.key
+        assert np.array_equal(np.asarray(got["png"]), np.asarray(want.image))  # lossless
+        assert got["txt"] == "a blue square" and got["json"]["conversations"] == conv
+    batch = next(iter(make_pipeline(f"{tmp_path}/train-{{000000..000002}}.tar", stage="instruct",
+                                    tokenizer=tok, processor=proc, batch_size=5)))
+    labels = [t for t in batch["labels"][0].tolist() if t != -100]
+    assert tok.decode(labels) == "a red circle </s>"
+    assert batch["pixel_values"].shape == (5, 3, 32, 32)
+
+
+def _write_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _png(seed):
+    buf = io.BytesIO()
+    _image(seed).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bad_shards(tmp_path):
+    good = [(f"g{i}.png", _png(i)) for i in range(6)] + [(f"g{i}.txt", b"a red circle") for i in range(6)]
+    members = sorted(good) + [
+        ("c0.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg"), ("c0.txt", b"a red circle"),  # corrupt image
+        ("m0.png", _png(10)),  # missing .txt
+        ("j0.png", _png(11)), ("j0.txt", b"a red circle"), ("j0.json", b"{not json"),  # bad JSON
+    ]
+    _write_tar(tmp_path / "bad-000000.tar", members)
+    _write_tar(tmp_path / "full.tar", [("t0.png", _png(12)), ("t0.txt", b"a blue square"),
+                                       ("t1.png", _png(13)), ("t1.txt", b"a blue square")])
+    with tarfile.open(tmp_path / "full.tar") as tar:
+        cut = tar.getmember("t1.png").offset_data + 100  # inside the last sample's first member
+    (tmp_path / "bad-000001.tar").write_bytes((tmp_path / "full.tar").read_bytes()[:cut])
+    return f"{tmp_path}/bad-{{000000..000001}}.tar"
+
+
+def test_bad_samples_are_skipped_and_counted_by_kind(tmp_path, tok, proc):
+    urls = _bad_shards(tmp_path)
+    counter = BadSampleCounter()
+    keys = _keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=4, counter=counter))
+    assert sorted(keys) == [f"g{i}" for i in range(6)] + ["t0"]
+    assert dict(counter.counts) == {"image": 1, "text": 1, "json": 1, "tar": 1}
+
+
+def test_over_the_limit_names_shard_and_key(tmp_path, tok, proc):
+    urls = _bad_shards(tmp_path)
+    counter = BadSampleCounter(max_bad_samples=1)
+    with pytest.raises(BadDataError, match=r"exceed data.max_bad_samples=1.*shard .*bad-000000.tar key (m0|j0)"):
+        _keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=4, counter=counter))
+
+
+def test_img2dataset_layout_loads_as_captions(tmp_path, tok, proc):
+    buf = io.BytesIO()
+    _image(0).save(buf, format="JPEG")
+    meta = json.dumps({"url": "http://example.com/0.jpg", "status": "success", "key": "00000",
+                       "caption": "a red circle", "width": 32, "height": 32}).encode()
+    _write_tar(tmp_path / "00000.tar", [("00000.jpg", buf.getvalue()), ("00000.txt", b"a red circle"),
+                                        ("00000.json", meta)])
+    batch = next(iter(make_pipeline(str(tmp_path / "00000.tar"), stage="align", tokenizer=tok,
+                                    processor=proc, batch_size=1)))
+    assert tok.decode([t for t in batch["labels"][0].tolist() if t != -100]) == "a red circle </s>"
+    counter = BadSampleCounter()  # img2dataset's .json is metadata: no conversation to instruct on
+    assert _keys(make_pipeline(str(tmp_path / "00000.tar"), stage="instruct", tokenizer=tok, processor=proc,
+                               batch_size=1, counter=counter)) == []
+    assert dict(counter.counts) == {"text": 1}
+
+
+def test_missing_shard_is_named(tmp_path, tok, proc):
+    with pytest.raises(FileNotFoundError, match=r"shard .*/nope-000001.tar does not exist"):
+        _write_tar(tmp_path / "nope-000000.tar", [])
+        make_pipeline(f"{tmp_path}/nope-{{000000..000001}}.tar", stage="align", tokenizer=tok, processor=proc)
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    build_probe(str(root), n_train=160, n_eval=8, seed=3, image_size=32, shard_size=40)
+    return root
+
+
+def test_probe_is_deterministic_and_answers_match_images(probe):
+    assert probe_item(5, 3) == probe_item(5, 3) and probe_item(5, 3) != probe_item(5, 4)
+    item = probe_item(0, 3)
+    assert np.array_equal(np.asarray(draw(item, 32)), np.asarray(draw(item, 32)))
+    ds = wds.DataPipeline(wds.SimpleShardList([str(probe / "train-000000.tar")]), wds.tarfile_to_samples(),
+                          wds.decode("pil"))
+    first = next(iter(ds))
+    assert first["txt"] == item.caption()
+    colour = np.asarray(first["png"]).reshape(-1, 3)
+    from eelight.data.probe import COLOURS
+    assert (colour == COLOURS[item.colour]).all(-1).any()  # the caption's colour is drawn
+
+
+def test_subset_is_a_prefix_of_a_larger_subset(probe, proc):
+    from eelight.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(probe / "tokenizer")
+    urls = f"{probe}/train-{{000000..000003}}.tar"
+    small = set(_keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, subset=30, shuffle=50)))
+    large = set(_keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, subset=60, shuffle=50,
+                                    seed=9)))
+    assert len(small) == 30 and len(large) == 60 and small < large
+    with pytest.raises(ValueError, match="data.subset=500 but the shards hold 160"):
+        make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, subset=500)
