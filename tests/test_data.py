@@ -6,6 +6,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -54,7 +55,7 @@ def test_round_trip_png_pixels_texts_and_conversations(tmp_path, tok, proc):
                                     tokenizer=tok, processor=proc, batch_size=5)))
     labels = [t for t in batch["labels"][0].tolist() if t != -100]
     assert tok.decode(labels) == "a red circle </s>"
-    assert batch["pixel_values"].shape == (5, 3, 32, 32)
+    assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["pixel_values"].dtype == torch.uint8
 
 
 def _write_tar(path, members):

@@ -61,13 +61,26 @@ def test_align_freezes_llm_and_vision(probe_env):
         if frozen:
             assert torch.equal(old[name], new[name]), name  # frozen bytes identical
         elif name.startswith(f"decoder.layers.{last}."):
-            # The last layer's visual update feeds nothing (only h_T reaches the LM head),
-            # so its aligner gets exactly zero gradient.
+            # The last layer's visual update feeds nothing (only h_T reaches the LM head):
+            # zero gradient by construction, so it is frozen.
             assert torch.equal(old[name], new[name]), name
+            assert not dict(before.named_parameters())[name].requires_grad
         elif name.endswith("weight"):
             assert not torch.equal(old[name], new[name]), name  # trainable ones moved
+    grads = _one_backward(after, probe_env)
+    assert grads[f"decoder.layers.{last}.self_attn.aligner_v.weight"] == 0  # why it is frozen
+    assert grads["decoder.layers.0.self_attn.aligner_v.weight"] > 0
     instruct = parameter_groups(after, "instruct")
     assert set(instruct) == {"projector", "new", "llm"}
+
+
+def _one_backward(model, env):
+    """Gradient norms of every parameter after one loss.backward() with everything trainable."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ids = torch.randint(3, 30, (2, 12))
+    model(ids, torch.randn(2, 3, 64, 64), labels=ids).loss.backward()
+    return {n: (0.0 if p.grad is None else p.grad.norm().item()) for n, p in model.named_parameters()}
 
 
 def test_instruct_init_from_mismatched_checkpoint_is_an_error(probe_env):

@@ -91,8 +91,7 @@ def encode(
     ids: list[int] = [tokenizer.bos_token_id] if tpl.bos and tokenizer.bos_token_id is not None else []
     labels = [IGNORE_INDEX] * len(ids)
     pieces = segments(turns, tpl)
-    for i, (text, supervised) in enumerate(pieces):
-        toks = tokenizer.encode(text, add_special_tokens=False)
+    for i, ((_, supervised), toks) in enumerate(zip(pieces, _encode_pieces(tokenizer, pieces), strict=True)):
         ids += toks
         labels += toks if supervised else [IGNORE_INDEX] * len(toks)
         answer_ends = supervised and (i + 1 == len(pieces) or not pieces[i + 1][1])
@@ -126,6 +125,15 @@ def check_template(tokenizer, name: str) -> None:
             f"data.template={name!r} renders {ours!r} but the tokenizer's chat_template renders {theirs!r}; "
             f"pick the template that matches the tokenizer (one of {sorted(TEMPLATES)})"
         )
+
+
+def _encode_pieces(tokenizer, pieces: list[tuple[str, bool]]) -> list[list[int]]:
+    """Each piece tokenised on its own; one call into a fast tokenizer's Rust backend."""
+    texts = [text for text, _ in pieces]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
 
 
 def caption_turns(caption: str) -> list[dict]:

@@ -47,9 +47,11 @@ def probe_questions(urls: str, tokenizer, processor, template_name: str, n_image
     """Four questions for each of the first n_images held-out probe images."""
     import webdataset as wds
 
+    from eelight.data.image import FastImageTransform
     from eelight.data.loader import expand_urls
 
     tpl = template(template_name)
+    transform = FastImageTransform(processor)
     out: list[ProbeQuestion] = []
     ds = wds.DataPipeline(wds.SimpleShardList(expand_urls(urls)), wds.tarfile_to_samples(), wds.decode("pil"))
     for sample in ds:
@@ -59,7 +61,7 @@ def probe_questions(urls: str, tokenizer, processor, template_name: str, n_image
         if not answers:
             raise ValueError(f"sample {sample['__key__']} has no probe answers: not a probe eval shard")
         image = next(sample[e] for e in ("png", "jpg") if e in sample)
-        pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        pixels = transform(image)
         for kind in KINDS:
             text = tpl.system + tpl.user.format(text=QUESTIONS[kind]) + tpl.assistant
             prompt = ([tokenizer.bos_token_id] if tpl.bos else []) + tokenizer.encode(text, add_special_tokens=False)

@@ -32,7 +32,7 @@ def vision_hf_config(cfg: VisionConfig) -> Any:
 
 
 class VisionTower(nn.Module):
-    def __init__(self, cfg: VisionConfig, hf_config: Any) -> None:
+    def __init__(self, cfg: VisionConfig, hf_config: Any, processor: Any | None = None) -> None:
         super().__init__()
         from transformers import CLIPVisionModel, SiglipVisionModel
 
@@ -51,9 +51,18 @@ class VisionTower(nn.Module):
         self.drop_cls = self.kind == "clip" and cfg.feature_select == "patch"
         n_patches = (self.image_size // hf_config.patch_size) ** 2
         self.num_tokens = n_patches + (0 if self.kind == "siglip" or self.drop_cls else 1)
+        # uint8 batches (as the data loader ships them) are rescaled and normalised here, on
+        # the model's device, with the image processor's own constants: x * scale + shift.
+        processor = processor or image_processor(cfg, self.image_size)
+        scale = processor.rescale_factor if processor.do_rescale else 1.0
+        mean = torch.tensor(processor.image_mean if processor.do_normalize else [0.0] * 3, dtype=torch.float64)
+        std = torch.tensor(processor.image_std if processor.do_normalize else [1.0] * 3, dtype=torch.float64)
+        self.register_buffer("pixel_scale", (scale / std).float()[:, None, None], persistent=False)
+        self.register_buffer("pixel_shift", (-mean / std).float()[:, None, None], persistent=False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values (B, C, S, S) -> features (B, num_tokens, hidden_size)."""
+        """pixel_values (B, C, S, S) -> features (B, num_tokens, hidden_size). Float input is
+        taken as already normalised (the HF processor's output); uint8 is normalised here."""
         expected = (self.channels, self.image_size, self.image_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(
@@ -61,6 +70,8 @@ class VisionTower(nn.Module):
                 f"(batch, {', '.join(map(str, expected))}). Preprocess images with the tower's "
                 "image processor (eelight.models.vision.image_processor)"
             )
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = pixel_values.float() * self.pixel_scale + self.pixel_shift
         dtype = next(self.model.parameters()).dtype
         out = self.model(pixel_values.to(dtype), output_hidden_states=True)
         features = out.hidden_states[self.feature_layer]

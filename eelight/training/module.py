@@ -23,12 +23,19 @@ from eelight.training.config import OptimConfig
 def parameter_groups(model: MLLM, stage: str) -> dict[str, list[torch.nn.Parameter]]:
     """Trainable parameters by group for the stage; sets requires_grad on every parameter."""
     new = set(model.decoder.new_parameter_names())
+    # After the last layer only text rows reach the LM head, so the last layer's visual
+    # update gets exactly zero gradient: training it is a no-op (and DDP rejects unused
+    # parameters), so it stays frozen.
+    last = f"layers.{len(model.decoder.layers) - 1}."
+    new -= {n for n in new if n.startswith(last) and ".aligner_" in n}
     groups: dict[str, list[torch.nn.Parameter]] = {"projector": [], "new": [], "llm": []}
     for name, param in model.named_parameters():
         if name.startswith("projector."):
             group = "projector"
         elif name.removeprefix("decoder.") in new:
             group = "new"
+        elif ".aligner_" in name:
+            group = None  # the last layer's aligner (see above)
         elif name.startswith("decoder.") and stage == "instruct":
             group = "llm"
         else:

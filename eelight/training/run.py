@@ -55,7 +55,9 @@ def make_loaders(cfg: RunConfig, tokenizer, processor, data_seed: int):
                            persistent_workers=d.num_workers > 0)
     val = None
     if d.val_shards:
-        val_ds = make_pipeline(d.val_shards, max_batches=max(1, d.val_samples // d.batch_size), **common)
+        # every rank validates on the same batches (no split by node): a small held-out set
+        val_ds = make_pipeline(d.val_shards, max_batches=max(1, d.val_samples // d.batch_size),
+                               split_by_node=False, **common)
         val = wds.WebLoader(val_ds, batch_size=None, num_workers=0)
     return loader, val
 
@@ -107,8 +109,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
                         probe_evaluator(cfg, tokenizer, processor))
 
-    logger = make_logger(cfg)
-    (run_dir / "mlflow_run_id").write_text(logger.run_id)
+    logger = make_logger(cfg)  # rank 0 logs; on other ranks it is a no-op
+    if logger.run_id:
+        (run_dir / "mlflow_run_id").write_text(logger.run_id)
     if not resume_step:
         logger.log_hyperparams(flat_params(cfg))
     t = cfg.trainer
@@ -132,7 +135,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id, "metrics": metrics,
               "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step}
-    _log_artifacts(logger, run_dir, result)
+    if trainer.is_global_zero:
+        _log_artifacts(logger, run_dir, result)
     return result
 
 
