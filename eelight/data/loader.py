@@ -1,7 +1,8 @@
 """The WebDataset pipeline for both stages, in the standard stage order (open_flamingo):
 
     shard list -> split by node -> split by worker -> shuffle shards -> read tar
-    -> subset -> shuffle samples -> decode -> tokenize/preprocess -> batch -> epoch
+    -> subset -> shuffle samples -> decode -> tokenize/preprocess -> batch
+    (`make_loader`: DataLoader workers -> fixed epoch length per rank)
 
 Bad samples (unreadable image, missing text, bad JSON, truncated tar, no answer
 left after truncation) are skipped and counted by kind; past `max_bad_samples`
@@ -199,7 +200,7 @@ def _all_shards(src):
 def make_pipeline(
     urls: str | list[str], *, stage: str, tokenizer, processor, template_name: str = "probe",
     batch_size: int = 8, max_length: int = 64, shuffle: int = 0, seed: int = 0,
-    subset: int | None = None, epoch_batches: int | None = None, resampled: bool = False,
+    subset: int | None = None, resampled: bool = False,
     counter: BadSampleCounter | None = None, max_batches: int | None = None, split_by_node: bool = True,
 ):
     """The iterable dataset of collated batches (see the module docstring for the stages)."""
@@ -234,4 +235,14 @@ def make_pipeline(
         stages.append(wds.slice(max_batches))
     pipeline = wds.DataPipeline(*stages)
     pipeline.bad_counter = counter
-    return pipeline.with_epoch(epoch_batches) if epoch_batches else pipeline
+    return pipeline
+
+
+def make_loader(pipeline, num_workers: int = 0, epoch_batches: int | None = None):
+    """A WebLoader over collated batches. `epoch_batches` fixes the epoch length per rank
+    (counted in the main process, across its workers), so ranks stay in step."""
+    import webdataset as wds
+
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
+                           persistent_workers=num_workers > 0)
+    return loader.with_epoch(epoch_batches) if epoch_batches else loader

@@ -41,24 +41,21 @@ def make_logger(cfg: RunConfig):
 
 
 def make_loaders(cfg: RunConfig, tokenizer, processor, data_seed: int):
-    import webdataset as wds
-
-    from eelight.data.loader import BadSampleCounter, make_pipeline
+    from eelight.data.loader import BadSampleCounter, make_loader, make_pipeline
 
     d = cfg.data
     common = dict(stage=cfg.stage, tokenizer=tokenizer, processor=processor, template_name=d.template,
                   batch_size=d.batch_size, max_length=d.max_length)
     counter = BadSampleCounter(d.max_bad_samples, d.max_bad_fraction)
     train = make_pipeline(d.train_shards, shuffle=d.shuffle, seed=data_seed, subset=d.subset,
-                          epoch_batches=d.epoch_batches, resampled=d.resampled, counter=counter, **common)
-    loader = wds.WebLoader(train, batch_size=None, num_workers=d.num_workers,
-                           persistent_workers=d.num_workers > 0)
+                          resampled=d.resampled, counter=counter, **common)
+    loader = make_loader(train, d.num_workers, d.epoch_batches)
     val = None
     if d.val_shards:
         # every rank validates on the same batches (no split by node): a small held-out set
         val_ds = make_pipeline(d.val_shards, max_batches=max(1, d.val_samples // d.batch_size),
                                split_by_node=False, **common)
-        val = wds.WebLoader(val_ds, batch_size=None, num_workers=0)
+        val = make_loader(val_ds)
     return loader, val
 
 
