@@ -1,4 +1,4 @@
-"""Data-loader throughput: shards of 336 px JPEGs -> normalised tensors + tokens + collated
+"""Data-loader throughput: shards of 336 px (or --size) JPEGs -> normalised tensors + tokens + collated
 batches, with 0, 1 and 2 DataLoader workers, side by side with the raw ceiling measured in
 the same run (PIL decode of the same JPEGs alone, one core).
 
@@ -62,7 +62,7 @@ def pipeline_rate(urls: str, tok, proc, workers: int, batch_size: int, host_floa
         if host_float:
             transform.normalize(batch["pixel_values"])
         n += len(batch["keys"])
-    assert first["pixel_values"].shape[-1] == 336
+    assert first["pixel_values"].shape[-1] == proc.crop_size["height"]
     return n / (time.perf_counter() - start)
 
 
@@ -70,13 +70,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=336, help="image side in pixels")
     args = parser.parse_args()
     from eelight.data.tokenizer import load_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        urls = build(Path(tmp), args.samples, 336)
+        urls = build(Path(tmp), args.samples, args.size)
         tok = load_tokenizer(Path(tmp) / "tok")
-        proc = image_processor(VisionConfig(kind="clip"), 336)
+        proc = image_processor(VisionConfig(kind="clip"), args.size)
         ceiling = raw_ceiling(urls)
         print(f"raw ceiling (PIL decode only, 1 core): {ceiling:8.0f} samples/s")
         for host_float in (False, True):
