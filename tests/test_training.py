@@ -1,5 +1,6 @@
 """The training spine on the probe: learning, freezing, resume, config errors, MLflow."""
 
+import json
 import os
 import signal
 import subprocess
@@ -148,6 +149,8 @@ def test_sigkill_then_rerun_resumes(probe_env):
     assert rerun.returncode == 0, err[-2000:]
     final = read_checkpoint(ckpt)
     assert final["global_step"] == 60
+    result = json.loads((ckpt.parent / "result.json").read_text())
+    assert result["resumed_from_step"] == killed_at
     optimizer_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert optimizer_steps == {60}  # Adam's step count is continuous across the kill
     assert (ckpt.parent / "mlflow_run_id").read_text() == run_id  # the same MLflow run continues

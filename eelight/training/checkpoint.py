@@ -21,6 +21,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    if Path(path).is_dir():
+        raise ValueError(
+            f"{path} is a sharded (FSDP) checkpoint folder; merge it first with `fabric consolidate {path}` "
+            "and pass the consolidated file"
+        )
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"init_from={path} does not exist; run the previous stage first (it writes "

@@ -93,8 +93,20 @@ class MLLMModule(L.LightningModule):
         for kind, acc in self.probe_eval(self.model).items():
             self.log(f"val/probe_acc_{kind}", acc, prog_bar=kind == "overall")
 
+    def configure_model(self) -> None:
+        """FSDP2 under ModelParallelStrategy: one wrap unit per decoder layer, then the root."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in self.model.decoder.layers:
+            fully_shard(layer, mesh=mesh["data_parallel"])
+        fully_shard(self.model, mesh=mesh["data_parallel"])
+
     def configure_optimizers(self):
         o = self.optim_cfg
+        self.groups = parameter_groups(self.model, self.stage)  # after sharding: the new parameters
         lrs = {"projector": o.projector_lr, "new": o.new_params_lr, "llm": o.lr}
         optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": lrs[g], "name": g} for g, ps in self.groups.items()],

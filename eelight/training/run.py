@@ -83,7 +83,13 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from eelight.data.tokenizer import load_tokenizer
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
-    from eelight.training.checkpoint import AtomicCheckpointIO, init_from_checkpoint, read_checkpoint
+    from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.training.distributed import (
+        checkpoint_plugins,
+        checkpoint_step,
+        make_strategy,
+        shard_fraction,
+    )
     from eelight.training.module import MLLMModule
 
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
@@ -93,7 +99,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     last = run_dir / "last.ckpt"
-    resume_step = read_checkpoint(last)["global_step"] if last.exists() else 0
+    resume_step = checkpoint_step(last) if last.exists() else 0
     L.seed_everything(cfg.seed, verbose=False)
 
     model = build_mllm(cfg.model)
@@ -116,9 +122,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
                                  every_n_train_steps=t.ckpt_every_n_steps)
     trainer = L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        strategy=make_strategy(t), precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, logger=logger,
-        callbacks=[checkpoint], plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
+        callbacks=[checkpoint], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
         limit_val_batches=0 if t.val_every_n_steps is None else None,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         enable_progress_bar=False, enable_model_summary=False,
@@ -131,7 +137,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         trainer.validate(module, dataloaders=val_loader, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id, "metrics": metrics,
-              "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step}
+              "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,
+              "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
+              "resumed_from_step": resume_step}
     if trainer.is_global_zero:
         _log_artifacts(logger, run_dir, result)
     return result

@@ -1,0 +1,69 @@
+"""Strategies: the same config on one CPU, DDP, or FSDP2 (`trainer.strategy=fsdp`).
+
+FSDP goes through Lightning's `ModelParallelStrategy` with `data_parallel_size` set to
+every device (its default on 2 devices would be tensor-parallel 2, sharding nothing) and
+`MLLMModule.configure_model` applying `fully_shard` to each decoder layer (one wrap unit,
+with whatever the variant adds to it) and then to the root. It also runs on CPU (gloo).
+Checkpoints are written atomically in every case: a file via `AtomicCheckpointIO`, a
+sharded folder into `<path>.tmp` and then renamed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from eelight.training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from eelight.training.config import TrainerConfig
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(path.name + ".tmp")
+        if self.global_rank == 0 and tmp.exists():
+            shutil.rmtree(tmp)
+        self.barrier("eelight_ckpt_clean")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("eelight_ckpt_written")
+        if self.global_rank == 0:
+            old = path.with_name(path.name + ".old")
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            if old.exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        self.barrier("eelight_ckpt_renamed")
+
+
+def make_strategy(cfg: TrainerConfig) -> Any:
+    if cfg.strategy == "fsdp":
+        return AtomicModelParallelStrategy(data_parallel_size=cfg.devices * cfg.num_nodes, tensor_parallel_size=1)
+    return cfg.strategy
+
+
+def checkpoint_plugins(cfg: TrainerConfig) -> list:
+    # ModelParallelStrategy writes its own (sharded) checkpoints and refuses a CheckpointIO.
+    return [] if cfg.strategy == "fsdp" else [AtomicCheckpointIO()]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step of a checkpoint file or sharded checkpoint folder."""
+    if path.is_dir():
+        return int(torch.load(path / "meta.pt", map_location="cpu", weights_only=False)["global_step"])
+    return int(read_checkpoint(path)["global_step"])
+
+
+def shard_fraction(model: torch.nn.Module) -> float:
+    """This rank's share of the parameters (1.0 when nothing is sharded)."""
+    from torch.distributed.tensor import DTensor
+
+    local = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return local / max(total, 1)

@@ -1,0 +1,36 @@
+"""FSDP2 (ModelParallelStrategy, one wrap unit per decoder layer) with 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _train(probe_env, out, max_steps):
+    overrides = [o for o in probe_env["overrides"] if not o.startswith("out_dir")]
+    cmd = [sys.executable, "-m", "eelight.cli", "train", "experiments/ee_mllm_tiny.yaml", *overrides,
+           f"out_dir={out}", "name=fsdp", "model_preset=ee_mllm_fresh", "trainer.devices=2",
+           "trainer.strategy=fsdp", "data.resampled=true", "data.epoch_batches=4", f"trainer.max_steps={max_steps}",
+           "trainer.ckpt_every_n_steps=3", "data.val_shards=null", "data.batch_size=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "fsdp" / "align" / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_shards_checkpoints_and_resumes(probe_env, tmp_path):
+    from eelight.training.distributed import checkpoint_step
+
+    result = _train(probe_env, tmp_path, 6)
+    assert result["world_size"] == 2 and result["global_step"] == 6
+    assert 0.4 < result["shard_fraction"] < 0.6  # each rank holds about half of every parameter
+    ckpt = tmp_path / "fsdp" / "align" / "last.ckpt"
+    assert ckpt.is_dir() and (ckpt / "meta.pt").is_file() and list(ckpt.glob("*.distcp"))
+    assert not (ckpt.parent / "last.ckpt.tmp").exists()  # written to .tmp, then renamed
+    assert checkpoint_step(ckpt) == 6
+    resumed = _train(probe_env, tmp_path, 9)  # same command, more steps: resumes from step 6
+    assert resumed["resumed_from_step"] == 6 and result["resumed_from_step"] == 0
+    assert resumed["global_step"] == 9 and checkpoint_step(ckpt) == 9
