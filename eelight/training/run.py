@@ -16,6 +16,14 @@ from typing import Any
 from eelight.training.config import RunConfig, flat_params, to_yaml
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest of last.ckpt and SLURM's hpc_ckpt_*.ckpt (by global step), if any."""
+    from eelight.training.distributed import checkpoint_step
+
+    found = [p for p in [run_dir / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
+    return max(found, key=checkpoint_step) if found else None
+
+
 def mlflow_uri(cfg: RunConfig) -> tuple[str, str | None]:
     """(tracking URI, artifact location): by default a SQLite store under ./mlruns/."""
     if cfg.mlflow.tracking_uri:
@@ -99,11 +107,12 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     last = run_dir / "last.ckpt"
-    resume_step = checkpoint_step(last) if last.exists() else 0
+    resume = resume_checkpoint(run_dir)
+    resume_step = checkpoint_step(resume) if resume else 0
     L.seed_everything(cfg.seed, verbose=False)
 
     model = build_mllm(cfg.model)
-    if cfg.init_from and not last.exists():
+    if cfg.init_from and resume is None:
         init_from_checkpoint(model, cfg.init_from)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     check_template(tokenizer, cfg.data.template)
@@ -112,11 +121,15 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
                         probe_evaluator(cfg, tokenizer, processor))
 
-    logger = make_logger(cfg)  # rank 0 logs; on other ranks it is a no-op
-    if logger.run_id:
+    # Only global rank 0 touches MLflow: under srun every task starts at once, and two
+    # processes creating one SQLite store race on its schema.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    logger = make_logger(cfg) if rank_zero_only.rank == 0 else False
+    if logger:
         (run_dir / "mlflow_run_id").write_text(logger.run_id)
-    if not resume_step:
-        logger.log_hyperparams(flat_params(cfg))
+        if not resume_step:
+            logger.log_hyperparams(flat_params(cfg))
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
                                  every_n_train_steps=t.ckpt_every_n_steps)
@@ -128,15 +141,17 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         limit_val_batches=0 if t.val_every_n_steps is None else None,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
     )
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=str(last) if last.exists() else None)
+                ckpt_path=str(resume) if resume else None)
     metrics: dict[str, float] = {}
     if val_loader is not None:
         trainer.limit_val_batches = 1.0
         trainer.validate(module, dataloaders=val_loader, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id, "metrics": metrics,
+    result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
+              "metrics": metrics,
               "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
               "resumed_from_step": resume_step}

@@ -1,0 +1,71 @@
+"""`sbatch slurm/train.sbatch` on a real single-node SLURM: a 2-task DDP job through
+Lightning's SLURMEnvironment, and USR1 -> requeue -> resume from the HPC checkpoint."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import slurm_cluster
+
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not slurm_cluster.available():
+        if os.environ.get("CI"):
+            pytest.fail("SLURM is not installed: .ci/run installs slurmctld slurmd slurm-client munge")
+        pytest.skip("SLURM not installed (apt-get install slurmctld slurmd slurm-client munge)")
+    c = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"))
+    c.start()
+    yield c
+    c.stop()
+
+
+def _job_args(probe_env, out, name, *extra):
+    overrides = [o for o in probe_env["overrides"] if not o.startswith("out_dir")]
+    return ["--chdir", str(ROOT), "--output", str(out / f"{name}-%j.out"), "--export", "ALL,OMP_NUM_THREADS=1",
+            "slurm/train.sbatch", "experiments/ee_mllm_tiny.yaml", *overrides, f"out_dir={out}", f"name={name}",
+            "data.val_shards=null", *extra]
+
+
+def test_two_task_ddp_job_runs_through_slurm_environment(cluster, probe_env, tmp_path):
+    job = cluster.sbatch("--nodes=1", "--ntasks-per-node=2",
+                         *_job_args(probe_env, tmp_path, "ddp", "trainer.strategy=ddp", "trainer.max_steps=6",
+                                    "data.resampled=true", "data.epoch_batches=3", "data.batch_size=8"))
+    info = cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    log = "".join(p.read_text() for p in tmp_path.glob("ddp-*.out"))
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    result = json.loads((tmp_path / "ddp" / "align" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["global_step"] == 6
+
+
+def test_usr1_requeues_and_the_rerun_resumes(cluster, probe_env, tmp_path):
+    job = cluster.sbatch("--nodes=1", "--ntasks-per-node=1",
+                         *_job_args(probe_env, tmp_path, "requeue", "trainer.max_steps=400",
+                                    "trainer.ckpt_every_n_steps=10", "data.batch_size=8"))
+    cluster.wait(job, {"RUNNING"})
+    run_dir = tmp_path / "requeue" / "align"
+    deadline = time.time() + 300
+    while not (run_dir / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert (run_dir / "last.ckpt").exists()
+    assert cluster.run("scancel", "--signal=USR1", job).returncode == 0  # what SLURM sends before a time-out
+    deadline = time.time() + 200
+    while time.time() < deadline:  # requeued jobs wait; start it again at once
+        info = cluster.job(job)
+        if info.get("Restarts") == "1" and info.get("JobState") == "PENDING":
+            cluster.run("scontrol", "update", f"jobid={job}", "StartTime=now")
+        if info.get("Restarts") == "1" and info.get("JobState") in {"RUNNING", "COMPLETED"}:
+            break
+        time.sleep(0.5)
+    info = cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED"})
+    log = "".join(p.read_text() for p in tmp_path.glob("requeue-*.out"))
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
+    assert "auto-requeue" in log.lower() or "requeu" in log.lower()
+    assert list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["global_step"] == 400 and result["resumed_from_step"] > 0
