@@ -156,3 +156,28 @@ def test_subset_is_a_prefix_of_a_larger_subset(probe, proc):
     assert len(small) == 30 and len(large) == 60 and small < large
     with pytest.raises(ValueError, match="data.subset=500 but the shards hold 160"):
         make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, subset=500)
+
+
+def test_pipe_urls_and_seeded_order(probe, proc):
+    from eelight.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(probe / "tokenizer")
+    plain = _keys(make_pipeline(f"{probe}/train-000000.tar", stage="align", tokenizer=tok, processor=proc))
+    piped = _keys(make_pipeline(f"pipe:cat {probe}/train-000000.tar", stage="align", tokenizer=tok, processor=proc))
+    assert piped == plain and len(plain) == 40
+    urls = f"{probe}/train-{{000000..000003}}.tar"
+
+    def order(seed):
+        return _keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, shuffle=30, seed=seed))
+
+    assert order(1) == order(1) and order(1) != order(2) and sorted(order(1)) == sorted(order(2))
+
+
+def test_all_answers_truncated_away_is_counted_not_trained_on(probe, proc):
+    from eelight.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(probe / "tokenizer")
+    counter = BadSampleCounter()
+    keys = _keys(make_pipeline(f"{probe}/train-000000.tar", stage="instruct", tokenizer=tok, processor=proc,
+                               max_length=4, counter=counter))
+    assert keys == [] and dict(counter.counts) == {"no_answer": 40}

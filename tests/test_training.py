@@ -154,3 +154,18 @@ def test_sigkill_then_rerun_resumes(probe_env):
     optimizer_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert optimizer_steps == {60}  # Adam's step count is continuous across the kill
     assert (ckpt.parent / "mlflow_run_id").read_text() == run_id  # the same MLflow run continues
+
+
+def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(probe_env):
+    import re
+
+    from eelight.training.distributed import checkpoint_step
+
+    # An absurd learning rate without clipping: the projector's output overflows float32.
+    cfg = _cfg(probe_env, "name=nan", "trainer.max_steps=40", "trainer.ckpt_every_n_steps=1",
+               "optim.projector_lr=1e30", "optim.warmup_steps=1", "trainer.gradient_clip_val=null")
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+.*last\.ckpt\) is kept") as err:
+        train(cfg)
+    step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
+    assert step >= 1
+    assert checkpoint_step(cfg.run_dir / "last.ckpt") == step  # the state before the bad step, kept

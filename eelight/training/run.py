@@ -48,25 +48,6 @@ def make_logger(cfg: RunConfig):
     )
 
 
-def make_loaders(cfg: RunConfig, tokenizer, processor, data_seed: int):
-    from eelight.data.loader import BadSampleCounter, make_loader, make_pipeline
-
-    d = cfg.data
-    common = dict(stage=cfg.stage, tokenizer=tokenizer, processor=processor, template_name=d.template,
-                  batch_size=d.batch_size, max_length=d.max_length)
-    counter = BadSampleCounter(d.max_bad_samples, d.max_bad_fraction)
-    train = make_pipeline(d.train_shards, shuffle=d.shuffle, seed=data_seed, subset=d.subset,
-                          resampled=d.resampled, counter=counter, **common)
-    loader = make_loader(train, d.num_workers, d.epoch_batches)
-    val = None
-    if d.val_shards:
-        # every rank validates on the same batches (no split by node): a small held-out set
-        val_ds = make_pipeline(d.val_shards, max_batches=max(1, d.val_samples // d.batch_size),
-                               split_by_node=False, **common)
-        val = make_loader(val_ds)
-    return loader, val
-
-
 def probe_evaluator(cfg: RunConfig, tokenizer, processor):
     """Greedy-answer accuracy on held-out probe images (instruct stage, probe data only)."""
     from eelight.eval.probe_eval import evaluate_probe, probe_questions
@@ -92,6 +73,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
     from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.training.data_module import ShardDataModule
     from eelight.training.distributed import (
         checkpoint_plugins,
         checkpoint_step,
@@ -117,7 +99,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     check_template(tokenizer, cfg.data.template)
     processor = image_processor(cfg.model.vision, model.vision.image_size)
-    train_loader, val_loader = make_loaders(cfg, tokenizer, processor, cfg.data.seed + resume_step)
+    data = ShardDataModule(cfg, tokenizer, processor, cfg.data.seed + resume_step)
     module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
                         probe_evaluator(cfg, tokenizer, processor))
 
@@ -143,12 +125,11 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
     )
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     metrics: dict[str, float] = {}
-    if val_loader is not None:
+    if cfg.data.val_shards:
         trainer.limit_val_batches = 1.0
-        trainer.validate(module, dataloaders=val_loader, verbose=False)
+        trainer.validate(module, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
               "metrics": metrics,
