@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo mlflow-ui
+.PHONY: install test lint demo mlflow-ui sweep report export
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,3 +30,15 @@ mlflow-ui: $(STAMP)
 	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+# make sweep NAME=weight_reuse [ARGS="trainer.max_steps=50"]
+NAME ?= weight_reuse
+sweep: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m eelight.demo --prepare-only
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m eelight.cli sweep sweeps/$(NAME).yaml $(ARGS)
+
+report: $(STAMP)
+	$(PY) -m eelight.cli report $(NAME) $(ARGS)
+
+export: $(STAMP)
+	$(PY) -m eelight.cli export --study $(NAME) --out exported/$(NAME) $(ARGS)

@@ -3,6 +3,9 @@
     eelight train experiments/ee_mllm_tiny.yaml [more.yaml ...] [key=value ...]
     eelight backbones --probe data/probe --out .cache/backbones
     eelight demo [key=value ...]
+    eelight sweep sweeps/weight_reuse.yaml [key=value ...] [--max-trials N]
+    eelight report weight_reuse
+    eelight export --study weight_reuse --out exported/ [--register NAME]
 
 Config errors, missing shards and missing checkpoints exit with status 2 and one
 line that names the key, value or path.
@@ -35,6 +38,35 @@ def _backbones(args: argparse.Namespace) -> None:
     print(json.dumps(build_backbones(args.probe, args.out, cfg)))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from eelight.sweeps.config import load_sweep
+    from eelight.sweeps.report import write_report
+    from eelight.sweeps.runner import run_worker
+
+    sweep = load_sweep(args.file, args.overrides)
+    summary = run_worker(sweep, args.max_trials)
+    summary["report"] = str(write_report(sweep))
+    print(json.dumps(summary))
+
+
+def _sweep_file(name: str) -> str:
+    return name if name.endswith((".yaml", ".yml")) else f"sweeps/{name}.yaml"
+
+
+def _report(args: argparse.Namespace) -> None:
+    from eelight.sweeps.config import load_sweep
+    from eelight.sweeps.report import write_report
+
+    print(write_report(load_sweep(_sweep_file(args.name), args.overrides)))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from eelight.export import best_trial_export
+    from eelight.sweeps.config import load_sweep
+
+    print(json.dumps(best_trial_export(load_sweep(_sweep_file(args.study), args.overrides), args.out, args.register)))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from eelight.demo import main
 
@@ -54,6 +86,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lm-steps", type=int, default=300)
     p.add_argument("--clip-steps", type=int, default=300)
     p.set_defaults(fn=_backbones)
+    p = sub.add_parser("sweep", help="run (or resume, or join) an Optuna study from a sweep file")
+    p.add_argument("file")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every trial")
+    p.add_argument("--max-trials", type=int, default=None, help="stop this worker after N trials")
+    p.set_defaults(fn=_sweep)
+    p = sub.add_parser("report", help="write the table and plots of a sweep")
+    p.add_argument("name", help="sweep name (sweeps/NAME.yaml) or a sweep file")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=_report)
+    p = sub.add_parser("export", help="export the best trial of a sweep as a self-contained folder")
+    p.add_argument("--study", required=True, help="sweep name (sweeps/NAME.yaml) or a sweep file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--register", default=None, help="also register it in the MLflow model registry")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=_export)
     p = sub.add_parser("demo", help="probe -> backbones -> align -> instruct -> accuracy")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_demo)

@@ -19,21 +19,27 @@ EXPERIMENT = "experiments/ee_mllm_tiny.yaml"
 EVAL_IMAGES = 200
 
 
-def main(overrides: list[str] | None = None) -> dict:
+def prepare() -> None:
+    """The probe shards and tokenizer, and the tiny pretrained backbones (both cached)."""
     from eelight.data.probe import build_probe
+    from eelight.training.backbones import build_backbones
+
+    if not (PROBE / "index.json").exists():
+        print(f"[demo] building the synthetic probe in {PROBE}", flush=True)
+        build_probe(str(PROBE), n_train=4000, n_eval=400, seed=0)
+    build_backbones(PROBE, BACKBONES)
+
+
+def main(overrides: list[str] | None = None) -> dict:
     from eelight.data.tokenizer import load_tokenizer
     from eelight.eval.probe_eval import chance_levels, evaluate_probe, probe_questions
     from eelight.models.vision import image_processor
-    from eelight.training.backbones import build_backbones
     from eelight.training.config import load_run_config
     from eelight.training.run import mlflow_uri, train
 
     overrides = list(sys.argv[1:] if overrides is None else overrides)
     start = time.perf_counter()
-    if not (PROBE / "index.json").exists():
-        print(f"[demo] building the synthetic probe in {PROBE}", flush=True)
-        build_probe(str(PROBE), n_train=4000, n_eval=400, seed=0)
-    build_backbones(PROBE, BACKBONES)
+    prepare()
     align_cfg = load_run_config([EXPERIMENT], overrides)
     print(f"[demo] align stage: {align_cfg.trainer.max_steps} steps ({time.perf_counter() - start:.0f}s)", flush=True)
     align = train(align_cfg)
@@ -67,4 +73,7 @@ def main(overrides: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--prepare-only"]:
+        prepare()  # what `make sweep` needs before its trials
+    else:
+        main()

@@ -71,6 +71,8 @@ class MLflowConfig:
     tracking_uri: str | None = None  # None: sqlite store under ./mlruns/
     experiment: str = "eelight"
     parent_run_id: str | None = None  # nest this run under a parent (sweeps)
+    run_id: str | None = None  # log into this existing run (a sweep trial's); its owner logs the params
+    prefix: str = ""  # metric-name prefix: a sweep trial's stages share one run ("align-", "instruct-")
 
 
 @dataclass

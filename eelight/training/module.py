@@ -60,6 +60,8 @@ class MLLMModule(L.LightningModule):
         self.probe_eval = probe_eval  # callable(model) -> {kind: accuracy}, or None
         self.groups = parameter_groups(model, stage)
         self._last_time: float | None = None
+        self._first_time: float | None = None
+        self._samples_after_first = 0
         self.bad_tracker = BadCountTracker()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -72,6 +74,10 @@ class MLLMModule(L.LightningModule):
             )
         now = time.perf_counter()
         b, n = batch["input_ids"].shape
+        if self._first_time is None:
+            self._first_time = now
+        else:
+            self._samples_after_first += b
         if self._last_time is not None:
             dt = now - self._last_time
             self.log("throughput/samples_per_s", b / dt)
@@ -82,6 +88,13 @@ class MLLMModule(L.LightningModule):
         for kind, count in self.bad_tracker.counts.items():
             self.log(f"data/bad_{kind}", float(count))
         return out.loss
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """Mean training throughput of this process since its first step (data loading included)."""
+        if self._first_time is None or self._last_time in (None, self._first_time):
+            return None
+        return self._samples_after_first / (self._last_time - self._first_time)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"])

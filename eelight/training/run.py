@@ -37,6 +37,9 @@ def make_logger(cfg: RunConfig):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri, artifacts = mlflow_uri(cfg)
+    if cfg.mlflow.run_id:
+        return MLFlowLogger(experiment_name=cfg.mlflow.experiment, tracking_uri=uri, artifact_location=artifacts,
+                            run_id=cfg.mlflow.run_id, prefix=cfg.mlflow.prefix)
     id_file = cfg.run_dir / "mlflow_run_id"
     tags = {"stage": cfg.stage, "model_preset": cfg.model_preset}
     if cfg.mlflow.parent_run_id:
@@ -45,6 +48,7 @@ def make_logger(cfg: RunConfig):
         experiment_name=cfg.mlflow.experiment, run_name=f"{cfg.name}/{cfg.stage}", tracking_uri=uri,
         artifact_location=artifacts, tags=tags,
         run_id=id_file.read_text().strip() if id_file.exists() else None,  # a resumed run continues
+        prefix=cfg.mlflow.prefix,
     )
 
 
@@ -62,8 +66,9 @@ def probe_evaluator(cfg: RunConfig, tokenizer, processor):
     return lambda model: evaluate_probe(model, questions, tokenizer.pad_token_id)
 
 
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Run one stage; returns the checkpoint path, MLflow run id and final metrics."""
+def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
+    """Run one stage; returns the checkpoint path, MLflow run id and final metrics.
+    `callbacks`: extra Lightning callbacks (a sweep's pruning callback)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -110,7 +115,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     logger = make_logger(cfg) if rank_zero_only.rank == 0 else False
     if logger:
         (run_dir / "mlflow_run_id").write_text(logger.run_id)
-        if not resume_step:
+        if not resume_step and not cfg.mlflow.run_id:
             logger.log_hyperparams(flat_params(cfg))
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
@@ -119,7 +124,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=make_strategy(t), precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, logger=logger,
-        callbacks=[checkpoint], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
+        callbacks=[checkpoint, *callbacks], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
         limit_val_batches=0 if t.val_every_n_steps is None else None,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         enable_progress_bar=False, enable_model_summary=False,
@@ -135,15 +140,15 @@ def train(cfg: RunConfig) -> dict[str, Any]:
               "metrics": metrics,
               "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
-              "resumed_from_step": resume_step}
+              "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s}
     if trainer.is_global_zero:
-        _log_artifacts(logger, run_dir, result)
+        _log_artifacts(logger, run_dir, result, cfg.mlflow.prefix)
     return result
 
 
-def _log_artifacts(logger, run_dir: Path, result: dict[str, Any]) -> None:
+def _log_artifacts(logger, run_dir: Path, result: dict[str, Any], prefix: str) -> None:
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     client, run_id = logger.experiment, logger.run_id
-    client.log_artifact(run_id, str(run_dir / "config.yaml"))
-    client.log_artifact(run_id, str(run_dir / "result.json"))
+    client.log_artifact(run_id, str(run_dir / "config.yaml"), artifact_path=prefix or None)
+    client.log_artifact(run_id, str(run_dir / "result.json"), artifact_path=prefix or None)
     client.set_tag(run_id, "checkpoint", result["checkpoint"])

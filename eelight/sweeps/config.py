@@ -1,0 +1,141 @@
+"""Sweep files (`sweeps/NAME.yaml`): an Optuna study over run-config keys.
+
+    name: weight_reuse
+    experiment: [experiments/ee_mllm_tiny.yaml]       # base run config
+    stages: [align, instruct]                         # each trial runs these in order
+    stage_configs: {instruct: [experiments/stages/instruct.yaml]}
+    overrides: [trainer.max_steps=100]                # every trial, every stage
+    space:
+      model.aligner: {type: grid, values: [reuse, fresh, none]}    # variant axes: grid
+      optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true} # sampled (TPE)
+    seeds: [0, 1, 2]                                  # repeats: a grid axis
+    data_sizes: [500, 1000]                           # data.subset: a grid axis
+    objective: {metric: val/probe_acc_overall, direction: maximize}
+
+Every grid point (grid axes x seeds x data sizes, x `trials_per_point`) is one trial;
+the other distributions are sampled per trial by `sampler`. A file with an unknown key,
+a value the run config rejects, or an empty space fails before any trial runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from eelight.training.config import ConfigError, _one_line, load_run_config
+
+TYPES = ("grid", "categorical", "int", "float")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("none", "median")
+
+
+@dataclass
+class Distribution:
+    type: str = "grid"
+    values: list[Any] | None = None  # grid / categorical
+    low: float | None = None  # int / float
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+
+@dataclass
+class Objective:
+    metric: str = "val/probe_acc_overall"
+    direction: str = "maximize"
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    experiment: list[str] = field(default_factory=lambda: ["experiments/ee_mllm_tiny.yaml"])
+    stages: list[str] = field(default_factory=lambda: ["align", "instruct"])
+    stage_configs: dict[str, list[str]] = field(
+        default_factory=lambda: {"instruct": ["experiments/stages/instruct.yaml"]})
+    overrides: list[str] = field(default_factory=list)
+    space: dict[str, Distribution] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data_sizes: list[int] | None = None  # None: the full training set
+    trials_per_point: int = 1
+    objective: Objective = field(default_factory=Objective)
+    sampler: str = "tpe"
+    pruner: str = "none"
+    storage: str | None = None  # Optuna RDB URL; None: sqlite file under out_dir/<name>/
+    out_dir: str = "sweeps_out"
+
+    def grid_axes(self) -> dict[str, list[Any]]:
+        axes = {k: list(d.values) for k, d in self.space.items() if d.type == "grid"}
+        axes["seed"] = list(self.seeds)
+        axes["data_size"] = list(self.data_sizes) if self.data_sizes else [None]
+        return axes
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        axes = self.grid_axes()
+        points = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+        return [{**p, "repeat": r} for p in points for r in range(self.trials_per_point)]
+
+
+def point_key(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={point[k]}" for k in sorted(point))
+
+
+def point_overrides(point: dict[str, Any]) -> list[str]:
+    """Run-config overrides for a grid point (seed and data size included)."""
+    out = [f"{k}={v}" for k, v in point.items() if k not in ("seed", "data_size", "repeat")]
+    out += [f"seed={point['seed']}", f"data.seed={point['seed']}"]
+    if point["data_size"] is not None:
+        out.append(f"data.subset={point['data_size']}")
+    return out
+
+
+def _check(sweep: SweepConfig) -> None:
+    if not sweep.space:
+        raise ConfigError(f"sweep {sweep.name!r}: the search space (`space:`) is empty; name at least one "
+                          "config key to vary, e.g. model.aligner: {type: grid, values: [reuse, fresh]}")
+    for key, d in sweep.space.items():
+        if d.type not in TYPES:
+            raise ConfigError(f"sweep space {key!r}: type={d.type!r} is not allowed; choose one of {list(TYPES)}")
+        if d.type in ("grid", "categorical") and not d.values:
+            raise ConfigError(f"sweep space {key!r}: type={d.type} needs a non-empty `values` list")
+        if d.type in ("int", "float") and (d.low is None or d.high is None or d.low > d.high):
+            raise ConfigError(f"sweep space {key!r}: type={d.type} needs low <= high")
+    if sweep.sampler not in SAMPLERS:
+        raise ConfigError(f"sweep sampler={sweep.sampler!r} is not allowed; choose one of {list(SAMPLERS)}")
+    if sweep.pruner not in PRUNERS:
+        raise ConfigError(f"sweep pruner={sweep.pruner!r} is not allowed; choose one of {list(PRUNERS)}")
+    if sweep.objective.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"sweep objective.direction={sweep.objective.direction!r}: maximize or minimize")
+    # Every value a trial can take must make a valid run config: unknown keys and bad values
+    # fail here, before any trial runs.
+    for stage in sweep.stages:
+        yamls = sweep.experiment + sweep.stage_configs.get(stage, [])
+        for key, d in sweep.space.items():
+            values = d.values if d.type in ("grid", "categorical") else [d.low, d.high]
+            if d.type == "int":
+                values = [int(v) for v in values]
+            for value in values:
+                try:
+                    load_run_config(yamls, sweep.overrides + [f"stage={stage}", f"{key}={value}"])
+                except ConfigError as exn:
+                    raise ConfigError(f"sweep space {key!r} value {value!r}: {exn}") from exn
+
+
+def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Load and validate a sweep file; `extra_overrides` apply to every trial."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), OmegaConf.load(path))
+        sweep = OmegaConf.to_object(merged)
+    except FileNotFoundError as exn:
+        raise ConfigError(f"sweep file not found: {path}") from exn
+    except OmegaConfBaseException as exn:
+        key = getattr(exn, "full_key", None)
+        raise ConfigError(f"sweep file {path}: bad key {key!r}: {_one_line(exn)}" if key
+                          else f"sweep file {path}: {_one_line(exn)}") from exn
+    assert isinstance(sweep, SweepConfig)
+    sweep.overrides = list(sweep.overrides) + list(extra_overrides)
+    _check(sweep)
+    return sweep

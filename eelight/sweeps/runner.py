@@ -1,0 +1,147 @@
+"""Running a sweep: an Optuna study in an RDB (SQLite by default, PostgreSQL by URL).
+
+- Every grid point is enqueued once (under a file lock for a local SQLite study), then any
+  number of workers (processes or machines) pop WAITING trials: Optuna pops atomically, so
+  no grid point runs twice; if two enqueues ever raced, only the lowest-numbered copy runs.
+- Trials send heartbeats. A killed worker's RUNNING trial goes stale, is marked FAIL, and
+  `RetryFailedTrialCallback` enqueues its grid point again; a rerun of the same command
+  (`load_if_exists`) finishes the study. Finished trials are never rerun.
+- MLflow: one parent run per study; one nested run per trial (resolved config as params,
+  both stages' per-step metrics prefixed `align-` / `instruct-`, the checkpoint path, the
+  trial's state); the study's best value and params on the parent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from eelight.sweeps.config import SweepConfig, point_key
+from eelight.sweeps.tracking import create_parent_run, sweep_client
+
+HEARTBEAT_S, GRACE_S = 2, 8
+# We send heartbeats ourselves around ask/tell (see _Heartbeat), which Optuna warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=".*failed_trial_callback.*")
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*")
+
+
+def storage_url(sweep: SweepConfig) -> str:
+    if sweep.storage:
+        return sweep.storage
+    folder = Path(sweep.out_dir, sweep.name).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder}/study.db"
+
+
+@contextmanager
+def _setup_lock(sweep: SweepConfig):
+    path = Path(sweep.out_dir, sweep.name, ".setup.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def open_study(sweep: SweepConfig):
+    """Create or load the study; enqueue the grid points it does not have yet."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    storage = RDBStorage(storage_url(sweep), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                         failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    sampler = optuna.samplers.TPESampler(seed=0) if sweep.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.pruner == "median" else optuna.pruners.NopPruner()
+    with _setup_lock(sweep):
+        study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction=sweep.objective.direction, load_if_exists=True)
+        have = {t.user_attrs.get("grid_point") for t in study.get_trials(deepcopy=False)}
+        for point in sweep.grid_points():
+            if point_key(point) not in have:
+                params = {k: v for k, v in point.items() if k != "repeat"}
+                study.enqueue_trial(params, user_attrs={"grid_point": point_key(point), "point": point})
+        if "mlflow_parent_run_id" not in study.user_attrs:
+            study.set_user_attr("mlflow_parent_run_id", create_parent_run(sweep))
+    return study
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat while it trains, so a killed worker's trial goes stale."""
+
+    def __init__(self, storage, trial_id: int) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(storage, trial_id), daemon=True)
+
+    def _beat(self, storage, trial_id: int) -> None:
+        while not self.stop.is_set():
+            storage.record_heartbeat(trial_id)
+            self.stop.wait(HEARTBEAT_S)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _duplicate(study, trial) -> bool:
+    """Another trial of the same grid point with a lower number already ran or runs."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
+    key = trial.user_attrs.get("grid_point")
+    return any(t.user_attrs.get("grid_point") == key and t.number < trial.number
+               for t in study.get_trials(deepcopy=False, states=live))
+
+
+def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, Any]:
+    """Pop and run trials until the grid is done (or max_trials ran in this worker)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from eelight.sweeps.trial import run_trial
+
+    study = open_study(sweep)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    ran = 0
+    while max_trials is None or ran < max_trials:
+        optuna.storages.fail_stale_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting:
+            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                time.sleep(HEARTBEAT_S)  # another worker's trial, or a stale one about to be retried
+                continue
+            break
+        trial = study.ask()
+        if "grid_point" not in trial.user_attrs or _duplicate(study, trial):
+            study.tell(trial, state=TrialState.FAIL)  # raced for the last point: nothing to run
+            continue
+        ran += 1
+        with _Heartbeat(study._storage, trial._trial_id):
+            state, value = run_trial(study, trial, sweep, parent)
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    _summarise(study, sweep, parent)
+    return {"study": sweep.name, "ran": ran, "trials": len(study.trials)}
+
+
+def _summarise(study, sweep: SweepConfig, parent: str) -> None:
+    from optuna.trial import TrialState
+
+    client, _ = sweep_client(sweep)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if done:
+        best = study.best_trial
+        client.log_metric(parent, "best_value", best.value)
+        client.set_tag(parent, "best_trial", best.number)
+        for k, v in best.params.items():
+            client.set_tag(parent, f"best.{k}", v)
+    counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    for state, n in counts.items():
+        client.set_tag(parent, f"trials.{state.lower()}", n)

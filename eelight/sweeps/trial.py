@@ -1,0 +1,114 @@
+"""One sweep trial: its stages in order (instruct starts from align), logged into one nested
+MLflow run, pruned through an Optuna pruner fed by the validation metric."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import lightning as L
+
+from eelight.sweeps.config import SweepConfig, point_overrides
+from eelight.training.config import flat_params, load_run_config
+
+
+class OptunaPruning(L.Callback):
+    """Reports the objective after each validation and stops a trial the pruner rejects."""
+
+    def __init__(self, trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import optuna
+
+        value = trainer.callback_metrics.get(self.metric)
+        if value is None or trainer.sanity_checking:
+            return
+        self.trial.report(float(value), step=trainer.global_step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {trainer.global_step}: {self.metric}={float(value):.4f}")
+
+
+def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def suggest_overrides(trial, sweep: SweepConfig) -> list[str]:
+    """Grid params come back as enqueued; the others are sampled. Returns overrides."""
+    out = []
+    for key, d in sweep.space.items():
+        if d.type in ("grid", "categorical"):
+            trial.suggest_categorical(key, list(d.values))
+        elif d.type == "int":
+            trial.suggest_int(key, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
+        else:
+            trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+        if d.type != "grid":
+            out.append(f"{key}={trial.params[key]}")
+    trial.suggest_categorical("seed", list(sweep.seeds))
+    trial.suggest_categorical("data_size", list(sweep.data_sizes) if sweep.data_sizes else [None])
+    return out
+
+
+def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
+    """Returns (TrialState, objective value or None); never raises for a failed trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from eelight.eval.cost import forward_cost
+    from eelight.sweeps.tracking import sweep_client
+    from eelight.training.run import train
+
+    point = trial.user_attrs["point"]
+    sampled = suggest_overrides(trial, sweep)
+    name = f"trial_{trial.number:04d}"
+    base = sweep.overrides + point_overrides(point) + sampled + [
+        f"out_dir={sweep.out_dir}/{sweep.name}/runs", f"name={name}", f"mlflow.experiment={sweep.name}"]
+    last = sweep.stages[-1]
+    yamls = {s: sweep.experiment + sweep.stage_configs.get(s, []) for s in sweep.stages}
+    final_cfg = load_run_config(yamls[last], base + [f"stage={last}"])
+    client, exp_id = sweep_client(sweep)
+    run_id = client.create_run(exp_id, run_name=name, tags={
+        "mlflow.parentRunId": parent_run_id, "sweep": sweep.name, "optuna.trial": str(trial.number),
+        "grid_point": trial.user_attrs["grid_point"]}).info.run_id
+    trial.set_user_attr("mlflow_run_id", run_id)
+    _log_params(client, run_id, {**flat_params(final_cfg), **{f"trial.{k}": v for k, v in trial.params.items()}})
+    try:
+        init_from, result = None, {}
+        for stage in sweep.stages:
+            cfg = load_run_config(yamls[stage], base + [f"stage={stage}", f"mlflow.run_id={run_id}",
+                                                         f"mlflow.prefix={stage}"]
+                                  + ([f"init_from={init_from}"] if init_from else []))
+            pruning = [OptunaPruning(trial, sweep.objective.metric)] if stage == last else []
+            result = train(cfg, pruning)
+            init_from = result["checkpoint"]
+        if sweep.objective.metric not in result["metrics"]:
+            raise KeyError(f"objective metric {sweep.objective.metric!r} was not logged; "
+                           f"validation logged {sorted(result['metrics'])}")
+        value = result["metrics"][sweep.objective.metric]
+        flops, n_visual = forward_cost(final_cfg.model, final_cfg.data.max_length)
+        attrs = {"checkpoint": init_from, "samples_per_s": result.get("samples_per_s"), "flops_per_sample": flops,
+                 "visual_tokens": n_visual, "metrics": result["metrics"]}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        client.log_metric(run_id, "objective", value)
+        client.log_metric(run_id, "cost/flops_per_sample", flops)
+        client.set_tag(run_id, "checkpoint", init_from)
+        client.set_tag(run_id, "optuna.state", "COMPLETE")
+        client.set_terminated(run_id, "FINISHED")
+        return TrialState.COMPLETE, value
+    except optuna.TrialPruned as exn:
+        client.set_tag(run_id, "optuna.state", "PRUNED")
+        client.set_tag(run_id, "optuna.pruned", str(exn))
+        client.set_terminated(run_id, "KILLED")
+        return TrialState.PRUNED, None
+    except Exception as exn:  # a failed trial is recorded; the sweep goes on
+        trial.set_user_attr("error", f"{type(exn).__name__}: {exn}"[:2000])
+        client.set_tag(run_id, "optuna.state", "FAIL")
+        client.set_tag(run_id, "error", traceback.format_exc()[-4000:])
+        client.set_terminated(run_id, "FAILED")
+        return TrialState.FAIL, None
