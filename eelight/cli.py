@@ -43,10 +43,16 @@ def _sweep(args: argparse.Namespace) -> None:
     from eelight.sweeps.report import write_report
     from eelight.sweeps.runner import run_worker
 
-    sweep = load_sweep(args.file, args.overrides)
+    sweep = _with_out_dir(load_sweep(args.file, args.overrides), args)
     summary = run_worker(sweep, args.max_trials)
     summary["report"] = str(write_report(sweep))
     print(json.dumps(summary))
+
+
+def _with_out_dir(sweep, args: argparse.Namespace):
+    if args.out_dir:
+        sweep.out_dir = args.out_dir
+    return sweep
 
 
 def _sweep_file(name: str) -> str:
@@ -57,14 +63,15 @@ def _report(args: argparse.Namespace) -> None:
     from eelight.sweeps.config import load_sweep
     from eelight.sweeps.report import write_report
 
-    print(write_report(load_sweep(_sweep_file(args.name), args.overrides)))
+    print(write_report(_with_out_dir(load_sweep(_sweep_file(args.name), args.overrides), args)))
 
 
 def _export(args: argparse.Namespace) -> None:
     from eelight.export import best_trial_export
     from eelight.sweeps.config import load_sweep
 
-    print(json.dumps(best_trial_export(load_sweep(_sweep_file(args.study), args.overrides), args.out, args.register)))
+    sweep = _with_out_dir(load_sweep(_sweep_file(args.study), args.overrides), args)
+    print(json.dumps(best_trial_export(sweep, args.out, args.register)))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -104,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("demo", help="probe -> backbones -> align -> instruct -> accuracy")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_demo)
+    for name in ("sweep", "report", "export"):
+        sub.choices[name].add_argument("--out-dir", default=None,
+                                       help="where the study, trial runs and report live (default sweeps_out)")
     args = parser.parse_args(argv)
     try:
         args.fn(args)

@@ -1,0 +1,187 @@
+"""`eelight sweep`: Optuna studies in SQLite, nested MLflow runs, kill/resume, two workers,
+reports, export and the model registry."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import mlflow
+import optuna
+import pytest
+import torch
+
+from eelight.sweeps.config import load_sweep
+from eelight.training.config import ConfigError
+
+pytestmark = pytest.mark.slow
+SWEEP = "sweeps/weight_reuse.yaml"
+
+
+def _small(probe_env, steps=6):
+    return probe_env["overrides"] + [f"trainer.max_steps={steps}", "data.val_samples=16",
+                                     "trainer.log_every_n_steps=2"]
+
+
+def _cli(probe_env, out, *args, steps=6, **kw):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    verb, *rest = args  # options first: the overrides are the trailing positionals
+    return subprocess.Popen([sys.executable, "-m", "eelight.cli", verb, "--out-dir", str(out), *rest,
+                             *_small(probe_env, steps)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **kw)
+
+
+def _study(out):
+    return optuna.load_study(study_name="weight_reuse", storage=f"sqlite:///{out}/weight_reuse/study.db")
+
+
+def _complete_points(study):
+    return Counter(t.user_attrs["grid_point"] for t in study.trials if t.state.name == "COMPLETE")
+
+
+@pytest.fixture(scope="module")
+def finished(probe_env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    proc = _cli(probe_env, out, "sweep", SWEEP)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return out, json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finished, probe_env):
+    out, summary = finished
+    assert summary["ran"] == 3
+    study = _study(out)
+    assert set(_complete_points(study).values()) == {1} and len(_complete_points(study)) == 3
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{probe_env['root']}/mlflow.db")
+    exp = client.get_experiment_by_name("weight_reuse")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 3 and {r.data.params["model.aligner"] for r in trials} == {"reuse", "fresh", "none"}
+    for r in trials:
+        assert r.info.status == "FINISHED" and r.data.tags["optuna.state"] == "COMPLETE"
+        assert os.path.exists(r.data.tags["checkpoint"])
+        assert "objective" in r.data.metrics and "instruct-train/loss" in r.data.metrics
+        assert len(client.get_metric_history(r.info.run_id, "align-train/loss")) >= 2  # per step
+    assert parent.data.tags["best_trial"] in {"0", "1", "2"} and "best_value" in parent.data.metrics
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    for name in ("metric_vs_variant.png", "metric_vs_data_size.png", "cost_vs_visual_tokens.png", "summary.md"):
+        assert f"report/{name}" in report
+        assert (out / "weight_reuse" / "report" / name).stat().st_size > 1000 or name.endswith(".md")
+
+
+def test_export_loads_with_identical_logits_and_registers(finished, probe_env, tmp_path):
+    from omegaconf import OmegaConf
+
+    import eelight
+    from eelight.models.mllm import build_mllm
+    from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.training.config import RunConfig
+
+    out, _ = finished
+    proc = _cli(probe_env, out, "export", "--study", "weight_reuse", "--out", str(tmp_path / "exp"),
+                "--register", "eelight-weight-reuse")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    info = json.loads(stdout.strip().splitlines()[-1])
+    folder = tmp_path / "exp"
+    for name in ("model.safetensors", "config.yaml", "vision_config.json", "tokenizer.json",
+                 "preprocessor_config.json", "README.md"):
+        assert (folder / name).is_file(), name
+    assert "val/probe_acc_overall" in (folder / "README.md").read_text()
+    best = _study(out).best_trial
+    ckpt = best.user_attrs["checkpoint"]
+    run_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig),
+                                                  OmegaConf.load(os.path.join(os.path.dirname(ckpt), "config.yaml"))))
+    original = build_mllm(run_cfg.model).eval()
+    init_from_checkpoint(original, ckpt)
+    loaded = eelight.load(folder)
+    ids, pixels = torch.randint(3, 30, (2, 9)), torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, pixels).logits, original(ids, pixels).logits)
+    assert str(info["registered"]["version"]) == "1"
+    mlflow.set_tracking_uri(f"sqlite:///{probe_env['root']}/mlflow.db")
+    pyfunc = mlflow.pyfunc.load_model("models:/eelight-weight-reuse/1")
+    reloaded = pyfunc.unwrap_python_model().model
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, pixels).logits, original(ids, pixels).logits)
+
+
+def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_path):
+    proc = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40, start_new_session=True)
+    db = tmp_path / "weight_reuse" / "study.db"
+    deadline = time.time() + 300
+    killed = None
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            states = {t.number: t.state.name for t in _study(tmp_path).trials}
+            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":
+                killed = 1
+                break
+        time.sleep(0.5)
+    assert killed is not None, "never saw trial 1 running after trial 0"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr[-3000:]
+    study = _study(tmp_path)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[0].state.name == "COMPLETE"  # finished before the kill: not rerun
+    assert by_number[1].state.name == "FAIL"  # the killed one, failed once its heartbeat went stale
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    assert retried[0].user_attrs["grid_point"] == by_number[1].user_attrs["grid_point"]
+    assert sorted(_complete_points(study).values()) == [1, 1, 1]
+
+
+def test_two_workers_split_the_grid_without_duplicates(probe_env, tmp_path):
+    workers = [_cli(probe_env, tmp_path, "sweep", SWEEP, steps=10) for _ in range(2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, outs, strict=True):
+        assert w.returncode == 0, err[-3000:]
+    ran = [json.loads(o.strip().splitlines()[-1])["ran"] for o, _ in outs]
+    assert sum(ran) == 3
+    assert sorted(_complete_points(_study(tmp_path)).values()) == [1, 1, 1]
+
+
+def test_bad_sweep_files_fail_before_any_trial(tmp_path):
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("name: bad\nspace:\n  model.alignr: {type: grid, values: [reuse]}\n")
+    with pytest.raises(ConfigError, match=r"sweep space 'model.alignr'.*model.alignr"):
+        load_sweep(str(bad_key))
+    bad_value = tmp_path / "bad_value.yaml"
+    bad_value.write_text("name: bad\nspace:\n  model.aligner: {type: grid, values: [reuse, maybe]}\n")
+    with pytest.raises(ConfigError, match=r"'model.aligner' value 'maybe'.*allowed"):
+        load_sweep(str(bad_value))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: empty\nspace: {}\n")
+    with pytest.raises(ConfigError, match="search space .* is empty"):
+        load_sweep(str(empty))
+    top = tmp_path / "top.yaml"
+    top.write_text("name: top\nseedz: [1]\nspace:\n  model.aligner: {type: grid, values: [reuse]}\n")
+    with pytest.raises(ConfigError, match="seedz"):
+        load_sweep(str(top))
+    proc = subprocess.run([sys.executable, "-m", "eelight.cli", "sweep", "--out-dir", str(tmp_path), str(bad_key)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "model.alignr" in proc.stderr
+    assert not (tmp_path / "bad").exists()  # no study was created
+
+
+def test_every_shipped_sweep_and_experiment_loads():
+    from pathlib import Path
+
+    from eelight.training.config import load_run_config
+
+    root = Path(__file__).parents[1]
+    for path in sorted((root / "sweeps").glob("*.yaml")):
+        assert load_sweep(str(path)).grid_points()
+    for path in sorted((root / "experiments").glob("*.yaml")):
+        load_run_config([str(path)])
+        load_run_config([str(path), "experiments/stages/instruct.yaml"])
