@@ -53,11 +53,11 @@ def open_study(sweep: SweepConfig):
     import optuna
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
-    storage = RDBStorage(storage_url(sweep), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
     sampler = optuna.samplers.TPESampler(seed=0) if sweep.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.pruner == "median" else optuna.pruners.NopPruner()
-    with _setup_lock(sweep):
+    with _setup_lock(sweep):  # creating the schema (Optuna's and MLflow's) races between workers
+        storage = RDBStorage(storage_url(sweep), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                             failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
         study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=sweep.objective.direction, load_if_exists=True)
         have = {t.user_attrs.get("grid_point") for t in study.get_trials(deepcopy=False)}
@@ -120,6 +120,8 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
                 continue
             break
         trial = study.ask()
+        # First heartbeat at once: a RUNNING trial without any heartbeat can never go stale.
+        study._storage.record_heartbeat(trial._trial_id)
         if "grid_point" not in trial.user_attrs or _duplicate(study, trial):
             study.tell(trial, state=TrialState.FAIL)  # raced for the last point: nothing to run
             continue
