@@ -22,13 +22,14 @@ lint: $(STAMP)
 demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m eelight.demo $(ARGS)
 
-# Serves the local MLflow store (./mlruns/mlflow.db) on 127.0.0.1 only.
+# Serves the local MLflow store (./mlruns/mlflow.db, artifacts in ./mlruns/artifacts) on 127.0.0.1.
 MLFLOW_PORT ?= 5000
+MLFLOW_DB ?= $(CURDIR)/mlruns/mlflow.db
+MLFLOW_ARTIFACTS ?= $(dir $(MLFLOW_DB))artifacts
 mlflow-ui: $(STAMP)
-	mkdir -p mlruns
+	mkdir -p $(dir $(MLFLOW_DB))
 	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
-	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-	  --default-artifact-root $(CURDIR)/mlruns/artifacts \
+	  --backend-store-uri sqlite:///$(MLFLOW_DB) --default-artifact-root $(MLFLOW_ARTIFACTS) \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 # make sweep NAME=weight_reuse [ARGS="trainer.max_steps=50"]

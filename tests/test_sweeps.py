@@ -70,6 +70,7 @@ def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finish
         assert "objective" in r.data.metrics and "instruct-train/loss" in r.data.metrics
         assert len(client.get_metric_history(r.info.run_id, "align-train/loss")) >= 2  # per step
     assert parent.data.tags["best_trial"] in {"0", "1", "2"} and "best_value" in parent.data.metrics
+    assert parent.info.run_name == "weight_reuse-study" and parent.info.status == "FINISHED"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     for name in ("metric_vs_variant.png", "metric_vs_data_size.png", "cost_vs_visual_tokens.png", "summary.md"):
         assert f"report/{name}" in report
@@ -185,3 +186,69 @@ def test_every_shipped_sweep_and_experiment_loads():
     for path in sorted((root / "experiments").glob("*.yaml")):
         load_run_config([str(path)])
         load_run_config([str(path), "experiments/stages/instruct.yaml"])
+
+
+def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, probe_env):
+    """`make mlflow-ui` serves the store; headless Chromium (Debian's, driven by Playwright)
+    finds the parent run, its nested trials with params and metric, and the report PNG."""
+    import shutil
+    import socket
+
+    from playwright.sync_api import expect, sync_playwright
+
+    if not shutil.which("chromium"):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
+        pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen(["make", "-s", "mlflow-ui", f"MLFLOW_PORT={port}",
+                               f"MLFLOW_DB={probe_env['root']}/mlflow.db"], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import urllib.request
+
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{probe_env['root']}/mlflow.db")
+        exp = client.get_experiment_by_name("weight_reuse").experiment_id
+        parent = [r for r in client.search_runs([exp]) if r.data.tags.get("sweep.role") == "study"][0]
+        trial = [r for r in client.search_runs([exp]) if r.info.run_name == "trial_0000"][0]
+        args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            base = f"http://127.0.0.1:{port}/#/experiments/{exp}"
+            page.goto(f"{base}/runs")
+            study_link = page.get_by_role("link", name="weight_reuse-study", exact=True)
+            expect(study_link).to_be_visible(timeout=60000)
+            row = page.get_by_role("row").filter(has=study_link)
+            row.get_by_role("button").first.click()  # nested runs start collapsed: expand them
+            for name in ("trial_0000", "trial_0001", "trial_0002"):
+                expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=30000)
+            page.goto(f"{base}/runs/{trial.info.run_id}")
+            expect(page.get_by_role("heading", name="trial_0000")).to_be_visible(timeout=30000)
+            expect(page.get_by_role("link", name="weight_reuse-study", exact=True)).to_be_visible()  # parent run
+            expect(page.get_by_text("model.aligner", exact=True).first).to_be_visible()
+            expect(page.get_by_text("objective", exact=True).first).to_be_visible()
+            page.goto(f"{base}/runs/{parent.info.run_id}/artifacts")
+            page.get_by_text("report", exact=True).first.click()
+            page.get_by_text("metric_vs_variant.png", exact=True).click()
+            preview = page.locator("img[alt='report/metric_vs_variant.png']").first
+            expect(preview).to_be_visible(timeout=30000)
+            assert preview.evaluate("img => img.naturalWidth") > 100  # the PNG was fetched and decoded
+            browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -147,3 +147,5 @@ def _summarise(study, sweep: SweepConfig, parent: str) -> None:
     counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     for state, n in counts.items():
         client.set_tag(parent, f"trials.{state.lower()}", n)
+    if not counts["WAITING"] and not counts["RUNNING"]:
+        client.set_terminated(parent, "FINISHED")  # the grid is done

@@ -23,7 +23,8 @@ def sweep_client(sweep: SweepConfig):
 
 def create_parent_run(sweep: SweepConfig) -> str:
     client, exp_id = sweep_client(sweep)
-    run = client.create_run(exp_id, run_name=sweep.name, tags={"sweep": sweep.name, "sweep.role": "study"})
+    run = client.create_run(exp_id, run_name=f"{sweep.name}-study",
+                            tags={"sweep": sweep.name, "sweep.role": "study"})
     client.log_param(run.info.run_id, "objective", sweep.objective.metric)
     client.log_param(run.info.run_id, "grid_points", len(sweep.grid_points()))
     return run.info.run_id

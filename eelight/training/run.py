@@ -25,9 +25,13 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
 
 def mlflow_uri(cfg: RunConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): by default a SQLite store under ./mlruns/."""
-    if cfg.mlflow.tracking_uri:
-        return cfg.mlflow.tracking_uri, None
+    """(tracking URI, artifact location): by default a SQLite store under ./mlruns/ with its
+    artifacts in ./mlruns/artifacts/; for any SQLite store, artifacts sit beside it."""
+    uri = cfg.mlflow.tracking_uri
+    if uri and uri.startswith("sqlite:///"):  # a SQLite store: artifacts in a folder beside it
+        return uri, (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    if uri:
+        return uri, None  # a tracking server decides where artifacts go
     root = Path("mlruns").resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root}/mlflow.db", (root / "artifacts").as_uri()
