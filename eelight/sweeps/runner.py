@@ -119,7 +119,11 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
                 time.sleep(HEARTBEAT_S)  # another worker's trial, or a stale one about to be retried
                 continue
             break
-        trial = study.ask()
+        try:
+            trial = study.ask()
+        except KeyError:  # SQLite: the WAITING trial was taken by another worker mid-read; try again
+            time.sleep(0.2)
+            continue
         # First heartbeat at once: a RUNNING trial without any heartbeat can never go stale.
         study._storage.record_heartbeat(trial._trial_id)
         if "grid_point" not in trial.user_attrs or _duplicate(study, trial):
