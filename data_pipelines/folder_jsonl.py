@@ -9,25 +9,19 @@ as metadata). Missing, unreadable and malformed entries are skipped and counted 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from eelight.data.convert import convert, jsonl_samples
+from eelight.data.convert import add_output_args, jsonl_samples, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="folder the `file` paths are relative to")
     parser.add_argument("--captions", required=True, help="JSONL with one {file, caption} a line")
-    parser.add_argument("--out", required=True, help="output folder (shards + index.json)")
-    parser.add_argument("--prefix", default="train")
-    parser.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
-    parser.add_argument("--shard-bytes", type=int, default=1 << 30, help="bytes per shard")
+    add_output_args(parser)
     args = parser.parse_args(argv)
     lines = [line for line in Path(args.captions).read_text().splitlines() if line.strip()]
-    split = convert(jsonl_samples, lines, args.images, args.out, args.prefix, args.shard_size, args.shard_bytes)
-    print(json.dumps({"samples": split["samples"], "shards": len(split["shards"]), "bad": split["bad"],
-                      "pattern": split["pattern"]}))
+    run_cli(jsonl_samples, lines, args.images, args)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,18 @@ def convert(samples_fn, source: list, image_root: str | Path, out_dir: str | Pat
     samples = samples_fn(source, Path(image_root), bad)
     # write_shards consumes the generator before it writes the manifest, so `bad` is complete.
     return write_shards(samples, out_dir, prefix, max_count=max_count, max_bytes=max_bytes, bad_counts=bad)
+
+
+def add_output_args(parser) -> None:
+    """The output options every converter CLI shares."""
+    parser.add_argument("--out", required=True, help="output folder (shards + index.json)")
+    parser.add_argument("--prefix", default="train")
+    parser.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
+    parser.add_argument("--shard-bytes", type=int, default=1 << 30, help="bytes per shard")
+
+
+def run_cli(samples_fn, source: list, image_root: str, args) -> None:
+    """Convert and print a one-line JSON summary (samples, shards, skipped counts, pattern)."""
+    split = convert(samples_fn, source, image_root, args.out, args.prefix, args.shard_size, args.shard_bytes)
+    print(json.dumps({"samples": split["samples"], "shards": len(split["shards"]), "bad": split["bad"],
+                      "pattern": split["pattern"]}))
