@@ -61,9 +61,9 @@ class BadSampleCounter:
             return exn.kind
         if isinstance(exn, DecodingError):
             return "json" if exn.k == "json" else "image" if exn.k in IMAGE_EXTS else "text"
-        if isinstance(exn, (tarfile.TarError, EOFError, OSError, ValueError)):
+        if isinstance(exn, (tarfile.TarError, EOFError, OSError)):
             return "tar"
-        raise exn  # a bug, not bad data
+        raise exn  # anything else is a bug, not bad data: never count it as skipped
 
     def shard_of(self, exn: Exception) -> str | None:
         text = repr(exn)

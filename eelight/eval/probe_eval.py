@@ -14,6 +14,10 @@ from eelight.data.text import template
 KINDS = sorted(QUESTIONS)
 
 
+class NotProbeData(ValueError):
+    """The eval shards hold no probe answers (validation then reports the loss only)."""
+
+
 class ProbeAccuracy(Metric):
     """Exact-match accuracy per question type (and overall)."""
 
@@ -59,7 +63,7 @@ def probe_questions(urls: str, tokenizer, processor, template_name: str, n_image
             break
         answers = sample["json"].get("probe")
         if not answers:
-            raise ValueError(f"sample {sample['__key__']} has no probe answers: not a probe eval shard")
+            raise NotProbeData(f"sample {sample['__key__']} has no probe answers: not a probe eval shard")
         image = next(sample[e] for e in ("png", "jpg") if e in sample)
         pixels = transform(image)
         for kind in KINDS:

@@ -41,31 +41,29 @@ def make_logger(cfg: RunConfig):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri, artifacts = mlflow_uri(cfg)
-    if cfg.mlflow.run_id:
-        return MLFlowLogger(experiment_name=cfg.mlflow.experiment, tracking_uri=uri, artifact_location=artifacts,
-                            run_id=cfg.mlflow.run_id, prefix=cfg.mlflow.prefix)
-    id_file = cfg.run_dir / "mlflow_run_id"
-    tags = {"stage": cfg.stage, "model_preset": cfg.model_preset}
-    if cfg.mlflow.parent_run_id:
-        tags["mlflow.parentRunId"] = cfg.mlflow.parent_run_id
-    return MLFlowLogger(
-        experiment_name=cfg.mlflow.experiment, run_name=f"{cfg.name}/{cfg.stage}", tracking_uri=uri,
-        artifact_location=artifacts, tags=tags,
-        run_id=id_file.read_text().strip() if id_file.exists() else None,  # a resumed run continues
-        prefix=cfg.mlflow.prefix,
-    )
+    if cfg.mlflow.run_id:  # a sweep trial's run: its owner named, tagged and nested it
+        run_id, run_name, tags = cfg.mlflow.run_id, None, None
+    else:
+        id_file = cfg.run_dir / "mlflow_run_id"  # a resumed run continues its MLflow run
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        run_name = f"{cfg.name}/{cfg.stage}"
+        tags = {"stage": cfg.stage, "model_preset": cfg.model_preset}
+        if cfg.mlflow.parent_run_id:
+            tags["mlflow.parentRunId"] = cfg.mlflow.parent_run_id
+    return MLFlowLogger(experiment_name=cfg.mlflow.experiment, run_name=run_name, tracking_uri=uri,
+                        artifact_location=artifacts, tags=tags, run_id=run_id, prefix=cfg.mlflow.prefix)
 
 
 def probe_evaluator(cfg: RunConfig, tokenizer, processor):
     """Greedy-answer accuracy on held-out probe images (instruct stage, probe data only)."""
-    from eelight.eval.probe_eval import evaluate_probe, probe_questions
+    from eelight.eval.probe_eval import NotProbeData, evaluate_probe, probe_questions
 
     if cfg.stage != "instruct" or not cfg.data.val_shards or cfg.data.val_samples <= 0:
         return None
     try:
         questions = probe_questions(cfg.data.val_shards, tokenizer, processor, cfg.data.template,
                                     cfg.data.val_samples)
-    except ValueError:
+    except NotProbeData:
         return None  # not probe data: validation loss only
     return lambda model: evaluate_probe(model, questions, tokenizer.pad_token_id)
 
