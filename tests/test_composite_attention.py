@@ -3,6 +3,7 @@
 
 import math
 
+import pytest
 import torch
 from helpers import hf_causal_lm, rel_err
 
@@ -57,26 +58,32 @@ def _rope(vec, pos, theta):
     return out
 
 
-def reference_ee(model, visual, ids):
-    """EE-MLLM (aligner=reuse, aligner_ffn=false) for one sample, token by token, in float64."""
+def reference_ee(model, visual, ids, offset=0):
+    """EE-MLLM (aligner=reuse, aligner_ffn=false) for one sample, token by token, in float64.
+
+    Rows are [I; T]; the sequence is T[:offset], I, T[offset:]: `pos` is each row's place in
+    it, and a text query sees exactly the rows that come no later in the sequence."""
     dec, cfg = model.decoder, model.decoder.cfg
     p = {k: v.double() for k, v in dec.state_dict().items()}
     h = torch.cat([visual[0].double(), p["embed_tokens.weight"][ids[0]]])
     nv, n, hd, heads, rep = visual.shape[1], h.shape[0], cfg.dim_per_head, cfg.num_heads, cfg.num_heads // cfg.num_kv_heads
+    order = list(range(nv, nv + offset)) + list(range(nv)) + list(range(nv + offset, n))  # rows in sequence order
+    pos = {row: place for place, row in enumerate(order)}
     for li in range(cfg.num_layers):
         w = {k.split(f"layers.{li}.", 1)[1]: v for k, v in p.items() if k.startswith(f"layers.{li}.")}
         wq, wk, wv, wo = (w[f"self_attn.{x}_proj.weight"] for x in "qkvo")
         x = torch.stack([_rms(h[i], w["input_layernorm.weight"], cfg.rms_norm_eps) for i in range(n)])
         new = h.clone()
-        for t in range(nv, n):  # text queries: keys are every visual token and text up to t
+        for t in range(nv, n):  # text queries: keys are the rows up to t in sequence order
+            seen = order[: pos[t] + 1]
             heads_out = []
             for head in range(heads):
                 kvh = head // rep
-                q = _rope(wq[head * hd:(head + 1) * hd] @ x[t], t, cfg.rope_theta)
-                keys = [_rope(wk[kvh * hd:(kvh + 1) * hd] @ x[j], j, cfg.rope_theta) for j in range(t + 1)]
+                q = _rope(wq[head * hd:(head + 1) * hd] @ x[t], pos[t], cfg.rope_theta)
+                keys = [_rope(wk[kvh * hd:(kvh + 1) * hd] @ x[j], pos[j], cfg.rope_theta) for j in seen]
                 scores = torch.stack([q @ k for k in keys]) / math.sqrt(hd)
                 probs = torch.softmax(scores, 0)
-                heads_out.append(sum(probs[j] * (wv[kvh * hd:(kvh + 1) * hd] @ x[j]) for j in range(t + 1)))
+                heads_out.append(sum(p_j * (wv[kvh * hd:(kvh + 1) * hd] @ x[j]) for p_j, j in zip(probs, seen, strict=True)))
             new[t] = h[t] + wo @ torch.cat(heads_out)
         for i in range(nv):  # a visual token attends to itself only: output = its own value
             own = torch.cat([wv[(head // rep) * hd:(head // rep + 1) * hd] @ x[i] for head in range(heads)])
@@ -90,16 +97,19 @@ def reference_ee(model, visual, ids):
     return text @ p["lm_head.weight"].T, h[:nv]
 
 
-def test_ee_equals_explicit_per_token_reference(llama_dir):
+@pytest.mark.parametrize("offset", [0, 3, NT])  # image first (default), mid-text, after all text
+def test_ee_equals_explicit_per_token_reference(llama_dir, offset):
     model = _model("ee_mllm", llama_dir)
     visual, ids = _inputs(b=1)
     with torch.no_grad():
-        logits = model(ids, visual_tokens=visual).logits[0]
-        embeds = torch.cat([visual, model.decoder.embed_tokens(ids)], 1)
-        hidden = model.decoder.hidden_states(embeds, NV, torch.arange(NV + NT)[None])[-1]
-    ref_logits, ref_visual = reference_ee(model, visual, ids)
+        logits = model(ids, visual_tokens=visual, image_offset=torch.tensor([offset])).logits[0]
+        if offset == 0:  # the default layout's visual rows, through the plain causal path
+            embeds = torch.cat([visual, model.decoder.embed_tokens(ids)], 1)
+            hidden = model.decoder.hidden_states(embeds, NV, torch.arange(NV + NT)[None])[-1]
+    ref_logits, ref_visual = reference_ee(model, visual, ids, offset)
     assert rel_err(logits.double(), ref_logits) < 1e-5
-    assert rel_err(hidden[0, :NV].double(), ref_visual) < 1e-5
+    if offset == 0:
+        assert rel_err(hidden[0, :NV].double(), ref_visual) < 1e-5
 
 
 def _n_params(model):

@@ -54,9 +54,10 @@ class DecoderLayer(nn.Module):
         mask: torch.Tensor | None = None,
         cache=None,
         visual: torch.Tensor | None = None,
+        media_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.cross_attn is not None:
-            h = self.cross_attn(h, visual, cache)
+            h = self.cross_attn(h, visual, cache, media_rows)
         delta, start = self.self_attn(self.input_layernorm(h), n_visual, cos, sin, mask, cache)
         h = add_rows(h, delta, start)
         ffn_start = 0 if self.aligner_ffn else n_visual
@@ -102,15 +103,17 @@ class Decoder(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         visual: torch.Tensor | None = None,
+        media_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """h (B, Nv + Nt, d) -> logits of the text rows (B, Nt, vocab).
 
         positions (B, Nv + Nt): true RoPE positions. `visual` (B, Nv', d): Flamingo's
-        visual tokens, which are not rows of h.
+        visual tokens, which are not rows of h; media_rows (B, Nt) bool: the text rows
+        after the image, which may cross-attend to it (None: all).
         """
         cos, sin = self.rotary(positions, h.dtype)
         for i, layer in enumerate(self.layers):
-            h = layer(h, n_visual, cos, sin, mask, None if cache is None else cache[i], visual)
+            h = layer(h, n_visual, cos, sin, mask, None if cache is None else cache[i], visual, media_rows)
         return self.lm_head(self.norm(h[:, n_visual:]))
 
     def hidden_states(

@@ -1,11 +1,14 @@
 """Flamingo-style gated cross-attention (Alayrac et al. 2022), arch=flamingo.
 
 The LLM sees only text. Before every `cross_every`-th decoder layer a new block
-lets text rows attend to the visual tokens (no mask: the one image precedes
-all text):
+lets text rows attend to the visual tokens:
 
     h_T += tanh(a_attn) * Wo' softmax(Wq' n(h_T) (Wk' n(V))ᵀ/√d) Wv' n(V)
     h_T += tanh(a_ffn)  * FFN'(n'(h_T))
+
+Text before the image (its `<image>` marker, see `layout`) has no image to
+attend to: as in OpenFlamingo its attention term is zeroed; the gated FFN
+still runs on every row.
 
 The gates a_attn, a_ffn start at 0, so at initialisation the model is exactly
 the text-only LLM. Every parameter here is new: that is the data-efficiency
@@ -48,10 +51,15 @@ class GatedCrossAttention(nn.Module):
         return k, v
 
     def forward(
-        self, h: torch.Tensor, visual: torch.Tensor | None, cache: LayerCache | None = None
+        self,
+        h: torch.Tensor,
+        visual: torch.Tensor | None,
+        cache: LayerCache | None = None,
+        media_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """h (B, Nt, d) text rows; visual (B, Nv, d). During cached decoding `visual`
-        may be None: the visual K/V computed at prefill are reused from the cache."""
+        """h (B, Nt, d) text rows; visual (B, Nv, d); media_rows (B, Nt) bool, the rows
+        after the image (None: all). During cached decoding `visual` may be None: the
+        visual K/V computed at prefill are reused from the cache."""
         if cache is not None and cache.cross is not None:
             k, v = cache.cross
         elif visual is None:
@@ -63,5 +71,7 @@ class GatedCrossAttention(nn.Module):
         b, nt, _ = h.shape
         q = self.q_proj(self.norm(h)).view(b, nt, self.n_heads, self.head_dim).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, nt, -1)
+        if media_rows is not None:
+            attn = attn * media_rows[..., None].to(attn.dtype)
         h = h + torch.tanh(self.attn_gate) * self.o_proj(attn)
         return h + torch.tanh(self.ffn_gate) * self.ffn(self.ffn_norm(h))

@@ -1,5 +1,6 @@
 """The assembled multimodal LLM: image -> vision tower -> projector -> visual tokens
-(placed before the text for arch=decoder; cross-attended for arch=flamingo) ->
+(rows of the decoder for arch=decoder, standing where the `<image>` marker was,
+by default before the text: see `layout`; cross-attended for arch=flamingo) ->
 decoder -> text logits. `build_mllm` builds one from a config, loading local HF
 folders; `load_llava` builds one from a `transformers` LLaVA folder.
 """
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eelight.models import hf_loading
+from eelight.models import hf_loading, layout
 from eelight.models.config import LLMConfig, ModelConfig, model_config
 from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
@@ -26,19 +27,6 @@ IGNORE_INDEX = -100
 class MLLMOutput:
     logits: torch.Tensor  # (B, Nt, vocab): text rows only
     loss: torch.Tensor | None = None
-
-
-def attention_mask(key_valid: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Dense bottom-right causal mask with padded keys masked: (B, 1, n_rows, Lk) bool.
-
-    key_valid (B, Lk): True for real keys. The query rows are the last n_rows keys.
-    A row always sees itself, so a padding row never has an empty softmax (NaN).
-    """
-    lk = key_valid.shape[1]
-    rows = torch.arange(lk - n_rows, lk, device=key_valid.device)[:, None]
-    cols = torch.arange(lk, device=key_valid.device)[None, :]
-    allowed = (cols <= rows) & key_valid[:, None, :]
-    return (allowed | (cols == rows))[:, None]
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -85,9 +73,12 @@ class MLLM(nn.Module):
         text_valid: torch.Tensor | None,
         cache: KVCache | None = None,
         start: torch.Tensor | None = None,
+        image_offset: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """One decoder pass. visual (B, Nv, d) or None; text_valid (B, L_text_so_far) bool or
-        None (no padding); start (B,): RoPE position of the first new text token."""
+        None (no padding); start (B,): RoPE position of the first new text token (decoding
+        steps, which come after everything); image_offset: real text tokens before the
+        image (`layout`), None = 0."""
         b, nt = input_ids.shape
         in_stream = visual is not None and self.cfg.arch == "decoder"
         nv = visual.shape[1] if in_stream else 0
@@ -96,23 +87,31 @@ class MLLM(nn.Module):
         h = self.decoder.embed_tokens(input_ids)
         if in_stream:
             h = torch.cat([visual.to(h.dtype), h], dim=1)
+        offset = None
+        if image_offset is not None and visual is not None and start is None:
+            offset = layout.check_offsets(image_offset, text_valid, b, nt, h.device)
+            offset = offset if bool((offset > 0).any()) else None  # 0 everywhere: the default layout
         if start is None:
-            first = nv if in_stream else 0
-            if text_valid is None:
-                text_pos = torch.arange(first, first + nt, device=h.device).expand(b, nt)
-            else:  # left padding: real tokens count up from `first`
-                text_pos = first + (text_valid.long().cumsum(-1) - 1).clamp(min=0)
+            ranks = layout.text_ranks(text_valid, b, nt, h.device)
+            positions = layout.sequence_positions(nv, ranks, offset if in_stream else None)
         else:
-            text_pos = start[:, None] + torch.arange(nt, device=h.device)
-        positions = torch.cat([torch.arange(nv, device=h.device).expand(b, nv), text_pos], dim=1)
-        mask = None
-        if text_valid is not None and not bool(text_valid.all()):
-            # Keys are [visual; text so far]: all but the text ones are visual (never padding).
-            n_visual_keys = past + nv + nt - text_valid.shape[1]
-            key_valid = torch.cat([text_valid.new_ones(b, n_visual_keys), text_valid], dim=1)
-            mask = attention_mask(key_valid, nv + nt)
+            positions = torch.cat([torch.arange(nv, device=h.device).expand(b, nv),
+                                   start[:, None] + torch.arange(nt, device=h.device)], dim=1)
+        mask, media_rows = None, None
+        padded = text_valid is not None and not bool(text_valid.all())
+        # Keys are [visual; text so far]: all but the text ones are visual (never padding).
+        key_valid = None
+        if padded or offset is not None:
+            valid = text_valid if text_valid is not None else input_ids.new_ones(b, nt, dtype=torch.bool)
+            key_valid = torch.cat([valid.new_ones(b, past + nv + nt - valid.shape[1]), valid], dim=1)
+        if offset is not None and in_stream:
+            mask = layout.position_mask(positions, key_valid)
+        elif padded:
+            mask = layout.attention_mask(key_valid, nv + nt)
+        if offset is not None and self.cfg.arch == "flamingo":
+            media_rows = ranks >= offset[:, None]  # text before the image has no image to attend to
         flamingo_visual = visual if self.cfg.arch == "flamingo" else None
-        return self.decoder(h, nv, positions, mask, cache, flamingo_visual)
+        return self.decoder(h, nv, positions, mask, cache, flamingo_visual, media_rows)
 
     def forward(
         self,
@@ -121,14 +120,17 @@ class MLLM(nn.Module):
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
+        image_offset: torch.Tensor | int | None = None,
     ) -> MLLMOutput:
         """input_ids (B, Nt); pixel_values (B, C, S, S) or precomputed visual_tokens
         (B, Nv, d); labels (B, Nt) with -100 where no loss; attention_mask (B, Nt)
-        1 for real tokens (left padding). Returns text logits and the next-token loss."""
+        1 for real tokens (left padding); image_offset (B,) real text tokens before the
+        image, where its `<image>` marker stood (None: the image comes first).
+        Returns text logits and the next-token loss."""
         if visual_tokens is None and pixel_values is not None:
             visual_tokens = self.encode_images(pixel_values)
         valid = None if attention_mask is None else attention_mask.bool()
-        logits = self._run(input_ids, visual_tokens, valid)
+        logits = self._run(input_ids, visual_tokens, valid, image_offset=image_offset)
         loss = None if labels is None else next_token_loss(logits, labels)
         return MLLMOutput(logits=logits, loss=loss)
 
@@ -141,10 +143,12 @@ class MLLM(nn.Module):
         max_new_tokens: int = 16,
         eos_token_id: int | None = None,
         use_cache: bool = True,
+        image_offset: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Greedy decoding; returns the new tokens (B, <= max_new_tokens). After EOS a row
-        keeps emitting EOS. With a cache, new text tokens decode against the cached
-        visual and text K/V (and Flamingo's cached cross-attention K/V)."""
+        keeps emitting EOS. image_offset as in `forward` (new tokens come after the image).
+        With a cache, new text tokens decode against the cached visual and text K/V (and
+        Flamingo's cached cross-attention K/V)."""
         visual = None if pixel_values is None else self.encode_images(pixel_values)
         b = input_ids.shape[0]
         valid = (
@@ -153,7 +157,7 @@ class MLLM(nn.Module):
         cache = KVCache(len(self.decoder.layers)) if use_cache else None
         ids, out = input_ids, []
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        logits = self._run(ids, visual, valid, cache)
+        logits = self._run(ids, visual, valid, cache, image_offset=image_offset)
         nv = visual.shape[1] if visual is not None and self.cfg.arch == "decoder" else 0
         next_pos = nv + valid.long().sum(-1)  # RoPE position of the next token
         for step in range(max_new_tokens):
@@ -167,7 +171,7 @@ class MLLM(nn.Module):
             valid = torch.cat([valid, valid.new_ones(b, 1)], dim=1)
             if cache is None:
                 ids = torch.cat([ids, token[:, None]], dim=1)
-                logits = self._run(ids, visual, valid)
+                logits = self._run(ids, visual, valid, image_offset=image_offset)
             else:
                 vis = visual if self.cfg.arch == "flamingo" else None  # decoder: visual K/V are cached
                 logits = self._run(token[:, None], vis, valid, cache, start=next_pos)
