@@ -56,7 +56,8 @@ def main(overrides: list[str] | None = None) -> dict:
     init_from_checkpoint(model, instruct["checkpoint"])
     tok = load_tokenizer(instruct_cfg.data.tokenizer)
     processor = image_processor(instruct_cfg.model.vision, model.vision.image_size)
-    questions = probe_questions(instruct_cfg.data.val_shards, tok, processor, instruct_cfg.data.template, EVAL_IMAGES)
+    questions = probe_questions(instruct_cfg.data.val_shards, tok, processor, instruct_cfg.data.template, EVAL_IMAGES,
+                                instruct_cfg.data.image_placement)
     acc = evaluate_probe(model.eval(), questions, tok.pad_token_id)
     chance = chance_levels()
     print(f"\n[demo] held-out probe accuracy ({EVAL_IMAGES} images x 4 questions), "

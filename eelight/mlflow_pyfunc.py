@@ -1,8 +1,10 @@
 """MLflow pyfunc flavour for an exported eelight folder (what `eelight export --register` logs).
 
 `mlflow.pyfunc.load_model("models:/NAME/1")` loads it back; `.unwrap_python_model().model` is the
-`MLLM`; `predict` takes a DataFrame with `image` (a file path) and `prompt` (the question) columns
-and returns the greedy answers.
+`MLLM`; `predict` takes a DataFrame with `image` (a file path) and `prompt` (the question; an
+`<image>` marker in it places the image, which otherwise opens the question, as in the training
+data) columns and returns the greedy answers. Params: `template`, `image_placement`,
+`max_new_tokens`.
 """
 
 from __future__ import annotations
@@ -27,16 +29,16 @@ class EelightModel(mlflow.pyfunc.PythonModel):
         import torch
         from PIL import Image
 
-        from eelight.data.text import template
+        from eelight.data.text import prompt, template
 
-        tpl = template((params or {}).get("template", "probe"))
+        params = params or {}
+        tpl = template(params.get("template", "probe"))
         answers = []
-        for image_path, prompt in zip(model_input["image"], model_input["prompt"], strict=True):
-            text = tpl.system + tpl.user.format(text=prompt) + tpl.assistant
-            ids = [self.tokenizer.bos_token_id] if tpl.bos else []
-            ids = torch.tensor([ids + self.tokenizer.encode(text, add_special_tokens=False)])
+        for image_path, question in zip(model_input["image"], model_input["prompt"], strict=True):
+            ask = prompt(question, tpl, self.tokenizer, params.get("image_placement", "marker"))
             pixels = self.transform.to_uint8(Image.open(image_path))[None]
-            out = self.model.generate(ids, pixels, max_new_tokens=int((params or {}).get("max_new_tokens", 16)),
-                                      eos_token_id=self.tokenizer.eos_token_id)
+            out = self.model.generate(torch.tensor([ask.ids]), pixels, eos_token_id=self.tokenizer.eos_token_id,
+                                      max_new_tokens=int(params.get("max_new_tokens", 16)),
+                                      image_offset=ask.image_offset)
             answers.append(self.tokenizer.decode(out[0], skip_special_tokens=True).strip())
         return answers

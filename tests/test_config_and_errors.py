@@ -106,3 +106,12 @@ def test_bad_inputs_have_clear_errors():
         model(torch.zeros(1, 0, dtype=torch.long), torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="labels have no supervised token"):
         model(ids, torch.randn(1, 3, 32, 32), labels=torch.full_like(ids, -100))
+
+
+def test_run_config_image_placement_is_validated():
+    from eelight.training.config import ConfigError, load_run_config
+
+    assert load_run_config().data.image_placement == "marker"
+    assert load_run_config(overrides=["data.image_placement=start"]).data.image_placement == "start"
+    with pytest.raises(ConfigError, match=r"data.image_placement='middle' is not allowed; choose one of"):
+        load_run_config(overrides=["data.image_placement=middle"])

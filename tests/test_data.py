@@ -56,6 +56,15 @@ def test_round_trip_png_pixels_texts_and_conversations(tmp_path, tok, proc):
     labels = [t for t in batch["labels"][0].tolist() if t != -100]
     assert tok.decode(labels) == "a red circle </s>"
     assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["pixel_values"].dtype == torch.uint8
+    # The image goes where <image> stood: after "<s> USER:" of the probe template.
+    assert batch["image_offset"].tolist() == [2] * 5
+    assert tok.convert_ids_to_tokens(batch["input_ids"][0, :2].tolist()) == ["<s>", "USER:"]
+    first = next(iter(make_pipeline(f"{tmp_path}/train-{{000000..000002}}.tar", stage="instruct", tokenizer=tok,
+                                    processor=proc, batch_size=5, image_placement="start")))
+    assert first["image_offset"].tolist() == [0] * 5 and torch.equal(first["input_ids"], batch["input_ids"])
+    captions = next(iter(make_pipeline(f"{tmp_path}/train-{{000000..000002}}.tar", stage="align", tokenizer=tok,
+                                       processor=proc, batch_size=5)))
+    assert captions["image_offset"].tolist() == [0] * 5  # a caption has no marker: the image comes first
 
 
 def _write_tar(path, members):

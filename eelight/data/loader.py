@@ -121,9 +121,10 @@ def subset_keys(urls: list[str], n: int) -> set[str]:
 
 
 def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, processor, max_length: int,
-                 counter: BadSampleCounter | None = None) -> dict[str, Any]:
+                 counter: BadSampleCounter | None = None, placement: str = "marker") -> dict[str, Any]:
     """A decoded webdataset sample -> tensors. Raises BadSample for what must be skipped.
-    `processor` is a FastImageTransform; images stay uint8 until `collate`."""
+    `processor` is a FastImageTransform; images stay uint8 until `collate`. `placement`:
+    the visual tokens where the `<image>` marker stands, or first (`text.encode`)."""
     if counter is not None:
         counter.seen += 1
     image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
@@ -137,7 +138,7 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, p
         if not isinstance(caption, str) or not caption.strip():
             raise BadSample("text", f"sample {sample.get('__key__')} has no caption (.txt)", sample)
         try:
-            ids, labels = encode(caption_turns(caption), template("plain"), tokenizer, max_length)
+            enc = encode(caption_turns(caption), template("plain"), tokenizer, max_length, placement)
         except NoAnswerLeft as exn:
             raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
     else:
@@ -145,17 +146,19 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, p
         if not isinstance(turns, list) or not turns:
             raise BadSample("text", f"sample {sample.get('__key__')} has no conversation in .json", sample)
         try:
-            ids, labels = encode(turns, template(tpl_name), tokenizer, max_length)
+            enc = encode(turns, template(tpl_name), tokenizer, max_length, placement)
         except NoAnswerLeft as exn:
             raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
         except ValueError as exn:  # malformed turns
             raise BadSample("json", f"sample {sample.get('__key__')}: {exn}", sample) from exn
-    return {"key": sample["__key__"], "pixels_uint8": processor.to_uint8(image), "input_ids": ids, "labels": labels}
+    return {"key": sample["__key__"], "pixels_uint8": processor.to_uint8(image), "input_ids": enc.ids,
+            "labels": enc.labels, "image_offset": enc.image_offset}
 
 
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Right-pad ids with pad_id and labels with -100; stack the uint8 images (the vision
-    tower normalises them on the model's device: 4x less memory to move than float32)."""
+    tower normalises them on the model's device: 4x less memory to move than float32)
+    and the image offsets (text tokens before each sample's visual block)."""
     length = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
@@ -163,7 +166,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
         labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
     return {"keys": [e["key"] for e in examples], "input_ids": ids, "labels": labels,
-            "pixel_values": torch.stack([e["pixels_uint8"] for e in examples])}
+            "pixel_values": torch.stack([e["pixels_uint8"] for e in examples]),
+            "image_offset": torch.tensor([e.get("image_offset", 0) for e in examples], dtype=torch.long)}
 
 
 def _with_counts(batch: dict[str, Any], counter: BadSampleCounter) -> dict[str, Any]:
@@ -199,7 +203,7 @@ def _all_shards(src):
 
 def make_pipeline(
     urls: str | list[str], *, stage: str, tokenizer, processor, template_name: str = "probe",
-    batch_size: int = 8, max_length: int = 64, shuffle: int = 0, seed: int = 0,
+    image_placement: str = "marker", batch_size: int = 8, max_length: int = 64, shuffle: int = 0, seed: int = 0,
     subset: int | None = None, resampled: bool = False,
     counter: BadSampleCounter | None = None, max_batches: int | None = None, split_by_node: bool = True,
 ):
@@ -226,7 +230,8 @@ def make_pipeline(
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
     stages += [
         wds.decode("pil", handler=counter),
-        wds.map(lambda s: make_example(s, stage, tokenizer, template_name, transform, max_length, counter),
+        wds.map(lambda s: make_example(s, stage, tokenizer, template_name, transform, max_length, counter,
+                                         image_placement),
                 handler=counter),
         wds.batched(batch_size, collation_fn=lambda b: _with_counts(collate(b, tokenizer.pad_token_id), counter),
                     partial=True),

@@ -5,16 +5,24 @@ A conversation is LLaVA-style: `[{"from": "human", "value": "<image>\\n..."},
 each segment is tokenised on its own, so every token is known to belong to the
 system/user part (label -100) or to an assistant answer (label = token). The
 answer's end-of-turn marker is supervised too, so the model learns to stop.
-The `<image>` marker is removed from the text: the visual tokens go before the
-text (DESIGN.md §1).
+
+The `<image>` marker (one per conversation; a newline right after it goes with
+it, as in LLaVA's data) is removed from the text, and the visual tokens go where
+it stood: `encode` returns `image_offset`, the number of tokens before it, and
+the text on both sides of it is tokenised apart (as LLaVA's
+`tokenizer_image_token` does). With a template that drops the question's text
+(`plain`) the marker stands at the start of its turn. With no marker, or with
+`placement="start"`, the image comes first, before the text (DESIGN.md §1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 IGNORE_INDEX = -100
 IMAGE_MARKER = "<image>"
+PLACEMENTS = ("marker", "start")  # data.image_placement
 
 
 @dataclass(frozen=True)
@@ -64,49 +72,111 @@ def template(name: str) -> ChatTemplate:
     return TEMPLATES[name]
 
 
-def _strip_marker(text: str) -> str:
-    return text.replace(IMAGE_MARKER + "\n", "").replace(IMAGE_MARKER, "").strip()
+class Encoded(NamedTuple):
+    ids: list[int]
+    labels: list[int]  # -100 where there is no loss
+    image_offset: int  # tokens before the visual block (0: the image comes first)
 
 
-def segments(turns: list[dict], tpl: ChatTemplate) -> list[tuple[str, bool]]:
-    """(text, supervised) pieces of a conversation, in order."""
-    out: list[tuple[str, bool]] = [(tpl.system, False)] if tpl.system else []
+def _split_marker(value: str) -> tuple[str, int | None]:
+    """The turn's text without its marker (stripped) and where the marker stood in it."""
+    n = value.count(IMAGE_MARKER)
+    if n == 0:
+        return value.strip(), None
+    if n > 1:
+        raise ValueError(f"a turn has {n} {IMAGE_MARKER} markers; a sample has one image, so at most one marker")
+    before, after = value.split(IMAGE_MARKER)
+    joined = before + after.removeprefix("\n")
+    text = joined.strip()
+    lead = len(joined) - len(joined.lstrip())
+    return text, min(max(len(before) - lead, 0), len(text))
+
+
+def _user_pieces(value: str, tpl: ChatTemplate, placement: str) -> tuple[str, str | None]:
+    """A question rendered by the template, split where its marker stood (None: no marker)."""
+    text, at = _split_marker(value)
+    if at is None or placement == "start":
+        return tpl.user.format(text=text), None
+    if "{text}" not in tpl.user:  # the template drops the question: the marker opens the turn
+        return "", tpl.user
+    prefix, suffix = tpl.user.split("{text}", 1)
+    return prefix + text[:at], text[at:] + suffix
+
+
+def segments(
+    turns: list[dict], tpl: ChatTemplate, placement: str = "marker"
+) -> tuple[list[tuple[str, bool]], int | None]:
+    """(text, supervised) pieces of a conversation, in order, and the index of the piece
+    the visual block precedes (None: no marker, or placement="start")."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"data.image_placement={placement!r}; choose one of {list(PLACEMENTS)}")
+    out: list[tuple[str, bool]] = [(tpl.system, False)]
+    image_at: int | None = None
     for turn in turns:
         role, value = turn.get("from"), turn.get("value")
         if not isinstance(value, str):
             raise ValueError(f"conversation turn {turn!r} has no string 'value'")
         if role in ("human", "user"):
-            out.append((tpl.user.format(text=_strip_marker(value)), False))
+            before, after = _user_pieces(value, tpl, placement)
+            out.append((before, False))
+            if after is not None:
+                if image_at is not None:
+                    raise ValueError(f"the conversation has more than one {IMAGE_MARKER}; a sample has one image")
+                image_at = len(out)
+                out.append((after, False))
         elif role in ("gpt", "assistant"):
             out += [(tpl.assistant, False), (value.strip(), True), (tpl.end_of_turn, True)]
         else:
             raise ValueError(f"conversation turn has role {role!r}; expected human/gpt (or user/assistant)")
-    return [(text, sup) for text, sup in out if text]
+    kept = [piece for piece in out if piece[0]]
+    return kept, None if image_at is None else sum(1 for text, _ in out[:image_at] if text)
 
 
-def encode(
-    turns: list[dict], tpl: ChatTemplate, tokenizer, max_length: int
-) -> tuple[list[int], list[int]]:
-    """Token ids and labels (-100 where there is no loss), truncated to max_length."""
+def _assemble(pieces: list[tuple[str, bool]], image_at: int | None, tpl: ChatTemplate, tokenizer) -> Encoded:
+    """BOS + the pieces tokenised one by one; image_offset = the tokens before piece image_at."""
     ids: list[int] = [tokenizer.bos_token_id] if tpl.bos and tokenizer.bos_token_id is not None else []
     labels = [IGNORE_INDEX] * len(ids)
-    pieces = segments(turns, tpl)
+    offset = 0
     for i, ((_, supervised), toks) in enumerate(zip(pieces, _encode_pieces(tokenizer, pieces), strict=True)):
+        if i == image_at:
+            offset = len(ids)
         ids += toks
         labels += toks if supervised else [IGNORE_INDEX] * len(toks)
         answer_ends = supervised and (i + 1 == len(pieces) or not pieces[i + 1][1])
         if answer_ends and not tpl.end_of_turn:  # the tokenizer's EOS closes the answer
             ids.append(tokenizer.eos_token_id)
             labels.append(tokenizer.eos_token_id)
+    if image_at == len(pieces):  # the marker ends the conversation
+        offset = len(ids)
+    return Encoded(ids, labels, offset)
+
+
+def encode(
+    turns: list[dict], tpl: ChatTemplate, tokenizer, max_length: int, placement: str = "marker"
+) -> Encoded:
+    """Token ids, labels and the image's offset, truncated to max_length (an image whose
+    marker was truncated away stands after the last token left)."""
+    ids, labels, offset = _assemble(*segments(turns, tpl, placement), tpl, tokenizer)
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         raise NoAnswerLeft(f"no answer token left within data.max_length={max_length}")
-    return ids, labels
+    return Encoded(ids, labels, min(offset, len(ids)))
+
+
+def prompt(question: str, tpl: ChatTemplate, tokenizer, placement: str = "marker") -> Encoded:
+    """A one-question prompt ending with the assistant's prefix, for generation. A
+    question without a marker gets one in front of it, as the training data has."""
+    if IMAGE_MARKER not in question:
+        question = IMAGE_MARKER + "\n" + question
+    pieces, image_at = segments([{"from": "human", "value": question}], tpl, placement)
+    if tpl.assistant:
+        pieces.append((tpl.assistant, False))
+    return _assemble(pieces, image_at, tpl, tokenizer)
 
 
 def render(turns: list[dict], tpl: ChatTemplate, bos: str = "") -> str:
     """The conversation as one string, exactly as `encode` tokenises it piece by piece."""
-    return bos + "".join(text for text, _ in segments(turns, tpl))
+    return bos + "".join(text for text, _ in segments(turns, tpl)[0])
 
 
 def check_template(tokenizer, name: str) -> None:

@@ -9,7 +9,7 @@ import torch
 from torchmetrics import Metric
 
 from eelight.data.probe import CHANCE, QUESTIONS
-from eelight.data.text import template
+from eelight.data.text import prompt, template
 
 KINDS = sorted(QUESTIONS)
 
@@ -45,10 +45,13 @@ class ProbeQuestion:
     prompt: list[int]
     answer: list[int]  # answer tokens + end of turn, as the model must generate them
     kind: str
+    image_offset: int = 0  # prompt tokens before the image, as in training (`text.prompt`)
 
 
-def probe_questions(urls: str, tokenizer, processor, template_name: str, n_images: int) -> list[ProbeQuestion]:
-    """Four questions for each of the first n_images held-out probe images."""
+def probe_questions(urls: str, tokenizer, processor, template_name: str, n_images: int,
+                    placement: str = "marker") -> list[ProbeQuestion]:
+    """Four questions for each of the first n_images held-out probe images, each asked as
+    the first question of a conversation (the image marker opens it, as in training)."""
     import webdataset as wds
 
     from eelight.data.image import FastImageTransform
@@ -67,12 +70,11 @@ def probe_questions(urls: str, tokenizer, processor, template_name: str, n_image
         image = next(sample[e] for e in ("png", "jpg") if e in sample)
         pixels = transform(image)
         for kind in KINDS:
-            text = tpl.system + tpl.user.format(text=QUESTIONS[kind]) + tpl.assistant
-            prompt = ([tokenizer.bos_token_id] if tpl.bos else []) + tokenizer.encode(text, add_special_tokens=False)
+            ask = prompt(QUESTIONS[kind], tpl, tokenizer, placement)
             answer = tokenizer.encode(answers[kind], add_special_tokens=False)
             end = tokenizer.encode(tpl.end_of_turn, add_special_tokens=False) if tpl.end_of_turn else [
                 tokenizer.eos_token_id]
-            out.append(ProbeQuestion(pixels, prompt, answer + end, kind))
+            out.append(ProbeQuestion(pixels, ask.ids, answer + end, kind, ask.image_offset))
     return out
 
 
@@ -91,7 +93,9 @@ def evaluate_probe(model, questions: list[ProbeQuestion], pad_id: int, batch_siz
             mask[i, width - len(q.prompt):] = 1
         pixels = torch.stack([q.pixel_values for q in chunk]).to(device)
         n_new = max(len(q.answer) for q in chunk)
-        out = model.generate(ids.to(device), pixels, attention_mask=mask.to(device), max_new_tokens=n_new)
+        offsets = torch.tensor([q.image_offset for q in chunk], device=device)
+        out = model.generate(ids.to(device), pixels, attention_mask=mask.to(device), max_new_tokens=n_new,
+                             image_offset=offsets)
         preds = [out[i, : len(q.answer)].tolist() for i, q in enumerate(chunk)]
         metric.update(preds, [q.answer for q in chunk], [q.kind for q in chunk])
     return {k: float(v) for k, v in metric.compute().items()}

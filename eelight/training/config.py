@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eelight.data.text import PLACEMENTS
 from eelight.models.config import ModelConfig, model_config
 
 STAGES = ("align", "instruct")
@@ -27,6 +28,7 @@ class DataConfig:
     val_shards: str | None = "data/probe/eval-000000.tar"
     tokenizer: str = "data/probe/tokenizer"
     template: str = "probe"
+    image_placement: str = "marker"  # the visual tokens where `<image>` stands (none: first) | start: always first
     max_length: int = 64
     batch_size: int = 16
     shuffle: int = 500
@@ -92,6 +94,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage={self.stage!r} is not allowed; choose one of {list(STAGES)}")
+        if self.data.image_placement not in PLACEMENTS:
+            raise ValueError(
+                f"data.image_placement={self.data.image_placement!r} is not allowed; choose one of {list(PLACEMENTS)}"
+            )
 
     @property
     def run_dir(self) -> Path:

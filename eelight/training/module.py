@@ -66,7 +66,8 @@ class MLLMModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self.bad_tracker.update(batch)
-        out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"])
+        out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
+                         image_offset=batch.get("image_offset"))
         if not torch.isfinite(out.loss):
             raise FloatingPointError(
                 f"loss is {out.loss.item()} at step {self.global_step}: stopping; the last good "
@@ -97,7 +98,8 @@ class MLLMModule(L.LightningModule):
         return self._samples_after_first / (self._last_time - self._first_time)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"])
+        out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
+                         image_offset=batch.get("image_offset"))
         self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
 
     def on_validation_epoch_end(self) -> None:

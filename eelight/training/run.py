@@ -62,7 +62,7 @@ def probe_evaluator(cfg: RunConfig, tokenizer, processor):
         return None
     try:
         questions = probe_questions(cfg.data.val_shards, tokenizer, processor, cfg.data.template,
-                                    cfg.data.val_samples)
+                                    cfg.data.val_samples, cfg.data.image_placement)
     except NotProbeData:
         return None  # not probe data: validation loss only
     return lambda model: evaluate_probe(model, questions, tokenizer.pad_token_id)
