@@ -15,7 +15,9 @@ all N = Nv + Nt rows — LLaVA.
 where M lets text row i see every visual column and text columns <= i: a
 causal mask aligned to the *bottom right* of the Nt x N score matrix
 (SDPA `causal_lower_right`, or `flash_attn_func(causal=True)`, which aligns
-bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores.
+bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores. When the
+image stands mid-text (`layout`: its `<image>` marker), M is instead the dense
+mask over true positions, so text before the image sees no visual column.
 
 Visual rows are updated by the aligner:
 
