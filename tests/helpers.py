@@ -78,3 +78,16 @@ def hf_causal_lm(folder: Path):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
+
+
+def tiny_mllm(preset: str, llama_dir: Path):
+    """A preset over the tiny HF Llama, in eval mode, with Flamingo's gates opened (0.7) so
+    its cross-attention matters (they start at 0: the text-only LLM)."""
+    from eelight.models import LLMConfig, build_mllm, model_config
+
+    model = build_mllm(model_config(preset, llm=LLMConfig(path=str(llama_dir)))).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_gate"):
+                p.fill_(0.7)
+    return model

@@ -2,24 +2,14 @@
 
 import pytest
 import torch
-
-from eelight.models import LLMConfig, build_mllm, model_config
+from helpers import tiny_mllm
 
 PRESETS = ["ee_mllm", "llava", "flamingo", "ee_mllm_fresh", "ee_mllm_no_aligner"]
 
 
-def _model(preset, llama_dir):
-    model = build_mllm(model_config(preset, llm=LLMConfig(path=str(llama_dir)))).eval()
-    with torch.no_grad():  # open Flamingo's gates so the cross-attention matters
-        for name, p in model.named_parameters():
-            if name.endswith("_gate"):
-                p.fill_(0.7)
-    return model
-
-
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cached_generate_equals_uncached(preset, llama_dir):
-    model = _model(preset, llama_dir)
+    model = tiny_mllm(preset, llama_dir)
     ids, pixels = torch.randint(0, 96, (3, 6)), torch.randn(3, 3, 32, 32)
     cached = model.generate(ids, pixels, max_new_tokens=12)
     uncached = model.generate(ids, pixels, max_new_tokens=12, use_cache=False)
@@ -29,7 +19,7 @@ def test_cached_generate_equals_uncached(preset, llama_dir):
 
 @pytest.mark.parametrize("preset", ["ee_mllm", "llava", "flamingo"])
 def test_left_padded_batch_equals_each_sample_alone(preset, llama_dir):
-    model = _model(preset, llama_dir)
+    model = tiny_mllm(preset, llama_dir)
     pixels = torch.randn(2, 3, 32, 32)
     short, long = torch.randint(0, 90, (1, 3)), torch.randint(0, 90, (1, 7))
     pad = torch.full((1, 4), 95)
@@ -44,7 +34,7 @@ def test_left_padded_batch_equals_each_sample_alone(preset, llama_dir):
 
 
 def test_generate_stops_at_eos(llama_dir):
-    model = _model("ee_mllm", llama_dir)
+    model = tiny_mllm("ee_mllm", llama_dir)
     ids, pixels = torch.randint(0, 96, (1, 5)), torch.randn(1, 3, 32, 32)
     first = model.generate(ids, pixels, max_new_tokens=1)[0, 0].item()
     out = model.generate(ids, pixels, max_new_tokens=10, eos_token_id=first)

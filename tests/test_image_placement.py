@@ -4,20 +4,11 @@ the HF decoder under EE-MLLM's composite mask over [T[:m]; I; T[m:]]."""
 
 import pytest
 import torch
-from helpers import hf_causal_lm, hf_llava, rel_err
+from helpers import hf_causal_lm, hf_llava, rel_err, tiny_mllm
 
-from eelight.models import LLMConfig, build_mllm, load_llava, model_config
+from eelight.models import load_llava
 
 PRESETS = ["ee_mllm", "llava", "flamingo", "ee_mllm_fresh", "ee_mllm_no_aligner"]
-
-
-def _model(preset, llama_dir):
-    model = build_mllm(model_config(preset, llm=LLMConfig(path=str(llama_dir)))).eval()
-    with torch.no_grad():  # open Flamingo's gates so the cross-attention matters
-        for name, p in model.named_parameters():
-            if name.endswith("_gate"):
-                p.fill_(0.7)
-    return model
 
 
 def test_llava_with_image_mid_text_matches_hf_llava(llava_dir):
@@ -37,7 +28,7 @@ def test_llava_with_image_mid_text_matches_hf_llava(llava_dir):
 
 
 def test_ee_mid_text_equals_hf_decoder_under_composite_mask(llama_dir):
-    ours, ref = _model("ee_mllm_f", llama_dir), hf_causal_lm(llama_dir)
+    ours, ref = tiny_mllm("ee_mllm_f", llama_dir), hf_causal_lm(llama_dir)
     nv, nt, offsets = 16, 8, [2, 5]
     visual, ids = torch.randn(2, nv, 64), torch.randint(0, 96, (2, nt))
     n = nv + nt
@@ -61,7 +52,7 @@ def test_ee_mid_text_equals_hf_decoder_under_composite_mask(llama_dir):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_text_before_the_image_does_not_see_it(preset, llama_dir):
-    model = _model(preset, llama_dir)
+    model = tiny_mllm(preset, llama_dir)
     ids, m = torch.randint(0, 96, (1, 8)), 3
     with torch.no_grad():
         a = model(ids, torch.randn(1, 3, 32, 32), image_offset=torch.tensor([m])).logits
@@ -75,7 +66,7 @@ def test_text_before_the_image_does_not_see_it(preset, llama_dir):
 
 @pytest.mark.parametrize("preset", ["ee_mllm", "llava", "flamingo"])
 def test_zero_offset_is_the_default_layout(preset, llama_dir):
-    model = _model(preset, llama_dir)
+    model = tiny_mllm(preset, llama_dir)
     ids, pixels = torch.randint(0, 96, (2, 6)), torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         default = model(ids, pixels).logits
@@ -84,7 +75,7 @@ def test_zero_offset_is_the_default_layout(preset, llama_dir):
 
 
 def test_flamingo_zeroes_cross_attention_before_the_image(llama_dir):
-    block = _model("flamingo", llama_dir).decoder.layers[0].cross_attn
+    block = tiny_mllm("flamingo", llama_dir).decoder.layers[0].cross_attn
     h, visual = torch.randn(1, 5, 64), torch.randn(1, 16, 64)
     rows = torch.tensor([[False, False, True, True, True]])
     with torch.no_grad():
@@ -97,7 +88,7 @@ def test_flamingo_zeroes_cross_attention_before_the_image(llama_dir):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cached_generate_with_offsets_equals_uncached(preset, llama_dir):
-    model = _model(preset, llama_dir)
+    model = tiny_mllm(preset, llama_dir)
     ids, pixels, offsets = torch.randint(0, 96, (3, 6)), torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 6])
     cached = model.generate(ids, pixels, max_new_tokens=10, image_offset=offsets)
     uncached = model.generate(ids, pixels, max_new_tokens=10, use_cache=False, image_offset=offsets)
@@ -107,7 +98,7 @@ def test_cached_generate_with_offsets_equals_uncached(preset, llama_dir):
 
 @pytest.mark.parametrize("preset", ["ee_mllm", "llava", "flamingo"])
 def test_left_padded_batch_with_offsets_equals_each_sample_alone(preset, llama_dir):
-    model = _model(preset, llama_dir)
+    model = tiny_mllm(preset, llama_dir)
     pixels = torch.randn(2, 3, 32, 32)
     short, long = torch.randint(0, 90, (1, 3)), torch.randint(0, 90, (1, 7))
     batch = torch.cat([torch.cat([torch.full((1, 4), 95), short], 1), long])
@@ -121,7 +112,7 @@ def test_left_padded_batch_with_offsets_equals_each_sample_alone(preset, llama_d
 
 
 def test_bad_offsets_are_named(llama_dir):
-    model = _model("ee_mllm", llama_dir)
+    model = tiny_mllm("ee_mllm", llama_dir)
     ids, pixels = torch.randint(0, 96, (2, 6)), torch.randn(2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"image_offset\[1\]=7 is outside 0..6"):
         model(ids, pixels, image_offset=torch.tensor([0, 7]))
