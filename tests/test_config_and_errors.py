@@ -115,3 +115,16 @@ def test_run_config_image_placement_is_validated():
     assert load_run_config(overrides=["data.image_placement=start"]).data.image_placement == "start"
     with pytest.raises(ConfigError, match=r"data.image_placement='middle' is not allowed; choose one of"):
         load_run_config(overrides=["data.image_placement=middle"])
+
+
+def test_resume_conflicts_allow_run_settings_and_name_everything_else():
+    from eelight.training.config import load_run_config, resume_conflicts, to_yaml
+
+    saved = to_yaml(load_run_config())
+    ok = ["trainer.max_steps=900", "trainer.devices=2", "data.num_workers=4", "mlflow.experiment=x"]
+    assert resume_conflicts(saved, load_run_config(overrides=ok)) == []
+    bad = ["model.aligner=fresh", "trainer.accumulate_grad_batches=2", "data.seed=3"]
+    assert resume_conflicts(saved, load_run_config(overrides=bad)) == [
+        "data.seed: 0 -> 3", "model.aligner: 'reuse' -> 'fresh'", "trainer.accumulate_grad_batches: 1 -> 2"]
+    older = saved.replace("  image_placement: marker\n", "")  # a run saved before the key existed
+    assert resume_conflicts(older, load_run_config()) == ["data.image_placement: '(absent)' -> 'marker'"]

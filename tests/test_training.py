@@ -154,6 +154,10 @@ def test_sigkill_then_rerun_resumes(probe_env):
     optimizer_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert optimizer_steps == {60}  # Adam's step count is continuous across the kill
     assert (ckpt.parent / "mlflow_run_id").read_text() == run_id  # the same MLflow run continues
+    changed = _cli(*args, "optim.lr=0.5", "data.image_placement=start")  # not the run it resumes
+    _, err = changed.communicate(timeout=300)
+    assert changed.returncode == 2
+    assert "data.image_placement: 'marker' -> 'start'; optim.lr: 0.001 -> 0.5" in err and "new name=" in err
 
 
 def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(probe_env):

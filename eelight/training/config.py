@@ -154,3 +154,31 @@ def flat_params(cfg: RunConfig) -> dict[str, Any]:
 
     walk("", OmegaConf.to_container(OmegaConf.structured(cfg)))
     return out
+
+
+# What a rerun may change and still resume: how long and where it runs, how it logs.
+# Everything else (model, data, optimiser, seeds) is what the checkpoint was trained with.
+RESUME_MAY_CHANGE = ("trainer.", "mlflow.", "out_dir", "init_from", "data.num_workers", "data.val_shards",
+                     "data.val_samples")
+RESUME_MUST_MATCH = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
+
+
+def resume_conflicts(saved_yaml: str, cfg: RunConfig) -> list[str]:
+    """`key: saved -> now` for each setting that differs from the run being resumed."""
+    from omegaconf import OmegaConf
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+
+    def read(text: str) -> dict[str, Any]:  # both sides through YAML: tuples and lists compare equal
+        return {k.rstrip("."): v for k, v in flat(OmegaConf.to_container(OmegaConf.create(text))).items()}
+
+    saved, now = read(saved_yaml), read(to_yaml(cfg))
+    out = []
+    for key in sorted(saved.keys() | now.keys()):
+        free = key.startswith(RESUME_MAY_CHANGE) and not key.startswith(RESUME_MUST_MATCH)
+        if not free and saved.get(key, "(absent)") != now.get(key, "(absent)"):
+            out.append(f"{key}: {saved.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}")
+    return out

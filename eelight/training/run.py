@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eelight.training.config import RunConfig, flat_params, to_yaml
+from eelight.training.config import ConfigError, RunConfig, flat_params, resume_conflicts, to_yaml
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -94,9 +94,15 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
         expand_urls(cfg.data.val_shards)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     last = run_dir / "last.ckpt"
     resume = resume_checkpoint(run_dir)
+    saved = run_dir / "config.yaml"
+    if resume and saved.exists() and (conflicts := resume_conflicts(saved.read_text(), cfg)):
+        raise ConfigError(
+            f"{resume} was trained with another config ({'; '.join(conflicts)}); a rerun resumes it "
+            f"with its own model, data and optimiser. Use a new name=, or delete {run_dir} to start over"
+        )
+    saved.write_text(to_yaml(cfg))
     resume_step = checkpoint_step(resume) if resume else 0
     L.seed_everything(cfg.seed, verbose=False)
 
