@@ -7,6 +7,7 @@ register it in the MLflow model registry.
       vision_config.json      the `transformers` vision-tower config
       tokenizer files         tokenizer.json, tokenizer_config.json, ...
       preprocessor_config.json  the image processor
+      prompt.json             how it was prompted in training: chat template, image placement
       README.md               model card: variant, metrics, data it saw
 """
 
@@ -46,6 +47,8 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
     model.vision.model.config.to_json_file(out / "vision_config.json")
     load_tokenizer(run_cfg.data.tokenizer).save_pretrained(out)
     image_processor(run_cfg.model.vision, model.vision.image_size).save_pretrained(out)
+    prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement}
+    (out / "prompt.json").write_text(json.dumps(prompting, indent=1))
     _model_card(out, portable, run_cfg, card or {})
     return out
 
@@ -63,7 +66,8 @@ def _model_card(out: Path, cfg: ModelConfig, run_cfg, card: dict[str, Any]) -> N
         "", "## Data", "",
         f"- training shards: `{run_cfg.data.train_shards}`"
         + (f", first {run_cfg.data.subset} samples" if run_cfg.data.subset else ""),
-        f"- template: {run_cfg.data.template}, max length {run_cfg.data.max_length}",
+        f"- template: {run_cfg.data.template}, image placement {run_cfg.data.image_placement}, "
+        f"max length {run_cfg.data.max_length}",
         f"- stages: {card.get('stages', run_cfg.stage)}, seed {run_cfg.seed}",
         *([f"- source: {card['source']}"] if "source" in card else []), "",
     ]
@@ -96,11 +100,11 @@ def register(folder: str | Path, name: str, tracking_uri: str, run_id: str) -> A
     """Register the folder in the MLflow model registry as a pyfunc model (logged under `run_id`)."""
     import mlflow
 
-    from eelight.mlflow_pyfunc import EelightModel
+    from eelight.mlflow_pyfunc import EelightModel, signature
 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=EelightModel(),
+        info = mlflow.pyfunc.log_model(name="model", python_model=EelightModel(), signature=signature(),
                                        artifacts={"model_dir": str(folder)}, pip_requirements=["eelight"])
     return mlflow.register_model(info.model_uri, name)
 

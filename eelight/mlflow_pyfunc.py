@@ -3,11 +3,14 @@
 `mlflow.pyfunc.load_model("models:/NAME/1")` loads it back; `.unwrap_python_model().model` is the
 `MLLM`; `predict` takes a DataFrame with `image` (a file path) and `prompt` (the question; an
 `<image>` marker in it places the image, which otherwise opens the question, as in the training
-data) columns and returns the greedy answers. Params: `template`, `image_placement`,
-`max_new_tokens`.
+data) columns and returns the greedy answers. Params (in the logged signature): `template` and
+`image_placement` ("" = as in training: the export's `prompt.json`), `max_new_tokens`.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import mlflow.pyfunc
 
@@ -24,6 +27,8 @@ class EelightModel(mlflow.pyfunc.PythonModel):
         self.model = load(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.transform = FastImageTransform(image_processor(self.model.cfg.vision, self.model.vision.image_size))
+        prompting = Path(folder) / "prompt.json"
+        self.prompting = json.loads(prompting.read_text()) if prompting.exists() else {}
 
     def predict(self, context, model_input, params=None) -> list[str]:
         import torch
@@ -31,14 +36,24 @@ class EelightModel(mlflow.pyfunc.PythonModel):
 
         from eelight.data.text import prompt, template
 
-        params = params or {}
-        tpl = template(params.get("template", "probe"))
+        given = {k: v for k, v in (params or {}).items() if v not in ("", None)}  # "": as trained
+        params = {"template": "probe", "image_placement": "marker", **self.prompting, **given}
+        tpl = template(params["template"])
         answers = []
         for image_path, question in zip(model_input["image"], model_input["prompt"], strict=True):
-            ask = prompt(question, tpl, self.tokenizer, params.get("image_placement", "marker"))
+            ask = prompt(question, tpl, self.tokenizer, params["image_placement"])
             pixels = self.transform.to_uint8(Image.open(image_path))[None]
             out = self.model.generate(torch.tensor([ask.ids]), pixels, eos_token_id=self.tokenizer.eos_token_id,
                                       max_new_tokens=int(params.get("max_new_tokens", 16)),
                                       image_offset=ask.image_offset)
             answers.append(self.tokenizer.decode(out[0], skip_special_tokens=True).strip())
         return answers
+
+
+def signature():
+    """Input columns, output and params of `predict`, so MLflow passes the params through."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    example = pd.DataFrame({"image": ["image.png"], "prompt": ["what colour is it ?"]})
+    return infer_signature(example, ["an answer"], params={"template": "", "image_placement": "", "max_new_tokens": 16})

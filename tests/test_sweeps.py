@@ -114,6 +114,28 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     reloaded = pyfunc.unwrap_python_model().model
     with torch.no_grad():
         assert torch.equal(reloaded(ids, pixels).logits, original(ids, pixels).logits)
+    assert json.loads((folder / "prompt.json").read_text()) == {"template": "probe", "image_placement": "marker"}
+    # predict: image file + question -> the greedy answer of the prompt written out here by hand
+    # (probe template, the image where "<image>" opens the question: after "<s> USER:").
+    import pandas as pd
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from eelight.data.image import FastImageTransform
+    from eelight.data.probe import QUESTIONS, draw, probe_item
+
+    draw(probe_item(0, 7), 64).save(tmp_path / "q.png")
+    answer = pyfunc.predict(pd.DataFrame({"image": [str(tmp_path / "q.png")], "prompt": [QUESTIONS["colour"]]}))
+    tok = AutoTokenizer.from_pretrained(folder)
+    words = ["<s>", "USER:", *QUESTIONS["colour"].split(), "ASSISTANT:"]
+    prompt_ids = torch.tensor([tok.convert_tokens_to_ids(words)])
+    image = FastImageTransform(AutoImageProcessor.from_pretrained(folder)).to_uint8(Image.open(tmp_path / "q.png"))
+    expected = original.generate(prompt_ids, image[None], max_new_tokens=16, eos_token_id=tok.eos_token_id,
+                                 image_offset=2)
+    assert answer == [tok.decode(expected[0], skip_special_tokens=True).strip()]
+    shorter = pyfunc.predict(pd.DataFrame({"image": [str(tmp_path / "q.png")], "prompt": [QUESTIONS["colour"]]}),
+                             params={"max_new_tokens": 1})
+    assert shorter == [tok.decode(expected[0, :1], skip_special_tokens=True).strip()]
 
 
 def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_path):
