@@ -167,7 +167,7 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
     return {"keys": [e["key"] for e in examples], "input_ids": ids, "labels": labels,
             "pixel_values": torch.stack([e["pixels_uint8"] for e in examples]),
-            "image_offset": torch.tensor([e.get("image_offset", 0) for e in examples], dtype=torch.long)}
+            "image_offset": torch.tensor([e["image_offset"] for e in examples], dtype=torch.long)}
 
 
 def _with_counts(batch: dict[str, Any], counter: BadSampleCounter) -> dict[str, Any]:
