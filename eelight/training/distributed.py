@@ -67,3 +67,15 @@ def shard_fraction(model: torch.nn.Module) -> float:
         total += p.numel()
         local += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
     return local / max(total, 1)
+
+
+def release_process_group(strategy: Any) -> None:
+    """End a finished distributed run cleanly: every rank waits for the others (rank 0 may
+    still be logging to MLflow), then the process group is destroyed. A rank that exits with
+    a live Gloo group can abort at interpreter exit ("terminate called without an active
+    exception"), which srun --kill-on-bad-exit turns into a failed job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        strategy.barrier("eelight-run-finished")
+        dist.destroy_process_group()

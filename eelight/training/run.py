@@ -85,6 +85,7 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
         checkpoint_plugins,
         checkpoint_step,
         make_strategy,
+        release_process_group,
         shard_fraction,
     )
     from eelight.training.module import MLLMModule
@@ -151,6 +152,7 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
               "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s}
     if trainer.is_global_zero:
         _log_artifacts(logger, run_dir, result, cfg.mlflow.prefix)
+    release_process_group(trainer.strategy)
     return result
 
 
