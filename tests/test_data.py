@@ -112,6 +112,25 @@ def test_over_the_limit_names_shard_and_key(tmp_path, tok, proc):
         _keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=4, counter=counter))
 
 
+def test_bad_fraction_is_bad_over_read_checked_after_min_seen(tmp_path, tok, proc):
+    """In order: g0-g5 good, c0 image, m0 text, j0 json (shard 0); t0 good, then the truncated
+    t1 (shard 1), reported before t0 is handed on. Read = 10 samples out of tars + 1 truncated
+    shard = 11; bad = 4."""
+    urls = _bad_shards(tmp_path)
+
+    def run(limit):
+        counter = BadSampleCounter(max_bad_fraction=limit, min_seen_for_fraction=9)
+        _keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=4, counter=counter))
+        return counter
+
+    with pytest.raises(BadDataError, match=r"3 bad samples.*max_bad_fraction=0.3;.*bad-000000.tar key j0"):
+        run(0.3)  # at j0: 3 / 9 = 0.333 (c0 and m0 came before 9 were read: not checked)
+    with pytest.raises(BadDataError, match=r"4 bad samples.*max_bad_fraction=0.35;.*tar at shard .*bad-000001.tar"):
+        run(0.35)  # 3 / 9 passes; the truncated shard makes it 4 / 10 = 0.4 (t0 not yet read)
+    counter = run(0.41)
+    assert counter.read == 11 and sum(counter.counts.values()) == 4
+
+
 def test_img2dataset_layout_loads_as_captions(tmp_path, tok, proc):
     buf = io.BytesIO()
     _image(0).save(buf, format="JPEG")

@@ -42,7 +42,10 @@ class BadDataError(RuntimeError):
 
 @dataclass
 class BadSampleCounter:
-    """A webdataset `handler`: counts each skipped sample by kind; raises past the limits."""
+    """A webdataset `handler`: counts each skipped sample by kind; raises past the limits.
+    The fraction is bad / read, where read counts every sample taken out of a tar (`saw`)
+    plus each truncated shard; it is checked once `min_seen_for_fraction` were read, so the
+    first bad sample of a run is not already 100%."""
 
     max_bad_samples: int | None = None
     max_bad_fraction: float | None = None
@@ -53,6 +56,15 @@ class BadSampleCounter:
         self.seen = 0
         self.urls: list[str] = []  # set by make_pipeline: names the shard of a tar error
         self._bad_shards: set[str] = set()
+
+    def saw(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """A pipeline stage before decoding: one more sample read."""
+        self.seen += 1
+        return sample
+
+    @property
+    def read(self) -> int:
+        return self.seen + self.counts["tar"]
 
     def kind_of(self, exn: Exception) -> str:
         from webdataset.autodecode import DecodingError
@@ -79,9 +91,8 @@ class BadSampleCounter:
         self.counts[kind] += 1
         total = sum(self.counts.values())
         over_count = self.max_bad_samples is not None and total > self.max_bad_samples
-        seen = max(self.seen, 1)
-        over_fraction = (self.max_bad_fraction is not None and self.seen >= self.min_seen_for_fraction
-                         and total / seen > self.max_bad_fraction)
+        over_fraction = (self.max_bad_fraction is not None and self.read >= self.min_seen_for_fraction
+                         and total / self.read > self.max_bad_fraction)
         if over_count or over_fraction:
             where = f"shard {self.shard_of(exn)} key {getattr(exn, 'key', None)}"
             raise BadDataError(
@@ -121,12 +132,10 @@ def subset_keys(urls: list[str], n: int) -> set[str]:
 
 
 def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, processor, max_length: int,
-                 counter: BadSampleCounter | None = None, placement: str = "marker") -> dict[str, Any]:
+                 placement: str = "marker") -> dict[str, Any]:
     """A decoded webdataset sample -> tensors. Raises BadSample for what must be skipped.
     `processor` is a FastImageTransform; images stay uint8 until `collate`. `placement`:
     the visual tokens where the `<image>` marker stands, or first (`text.encode`)."""
-    if counter is not None:
-        counter.seen += 1
     image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     if image is None:
         raise BadSample("image", f"sample {sample.get('__key__')} has no image", sample)
@@ -229,9 +238,9 @@ def make_pipeline(
     if shuffle:
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
     stages += [
+        wds.map(counter.saw),
         wds.decode("pil", handler=counter),
-        wds.map(lambda s: make_example(s, stage, tokenizer, template_name, transform, max_length, counter,
-                                         image_placement),
+        wds.map(lambda s: make_example(s, stage, tokenizer, template_name, transform, max_length, image_placement),
                 handler=counter),
         wds.batched(batch_size, collation_fn=lambda b: _with_counts(collate(b, tokenizer.pad_token_id), counter),
                     partial=True),
