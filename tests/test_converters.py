@@ -77,8 +77,65 @@ def test_folder_jsonl_round_trip_through_the_loader(tmp_path):
     assert [tok.decode([t for t in row if t != -100]) for row in batch["labels"].tolist()] == ["a red circle </s>"] * 4
 
 
-@pytest.mark.parametrize("script", ["llava_json.py", "folder_jsonl.py", "synthetic_probe.py"])
-def test_converters_have_help(script):
+def _img2dataset_shards(folder, n_shards=3, per_shard=4):
+    """img2dataset's layout, with no index.json: 00000.tar holding 000000000.jpg/.txt/.json, ..."""
+    import io
+    import tarfile
+
+    folder.mkdir()
+    for s in range(n_shards):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(per_shard):
+                key = f"{s:05d}{i:04d}"
+                buf = io.BytesIO()
+                _img(s * 10 + i).save(buf, format="JPEG")
+                meta = json.dumps({"url": f"http://example.com/{key}.jpg", "status": "success", "key": key})
+                for ext, data in (("jpg", buf.getvalue()), ("txt", b"a red circle"), ("json", meta.encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return f"{folder}/{{00000..{n_shards - 1:05d}}}.tar"
+
+
+def test_index_shards_makes_subsets_work_on_foreign_shards(tmp_path):
+    from eelight.data.loader import subset_keys
+
+    pattern = _img2dataset_shards(tmp_path / "laion")
+    tok = build_word_tokenizer(["a", "red", "circle"], tmp_path / "tok")
+    proc = image_processor(VisionConfig(), 32)
+
+    def keys(**kw):
+        return [k for b in make_pipeline(pattern, stage="align", tokenizer=tok, processor=proc, batch_size=3, **kw)
+                for k in b["keys"]]
+
+    with pytest.raises(FileNotFoundError, match=r"laion/index.json not found.*index_shards.py --shards"):
+        keys(subset=5)
+    # Cut the last shard inside 000020002.txt: webdataset still hands on that sample's whole .jpg
+    # (the loader then skips it as a sample without text) and nothing after it.
+    import tarfile
+
+    last = tmp_path / "laion" / "00002.tar"
+    with tarfile.open(last) as tar:
+        cut = tar.getmember("000020002.txt").offset_data + 2
+    last.write_bytes(last.read_bytes()[:cut])
+    summary = _run("index_shards.py", "--shards", pattern)
+    urls = sorted(str(p) for p in (tmp_path / "laion").glob("*.tar"))  # webdataset's own reading:
+    raw = [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList(urls),
+                                                  wds.tarfile_to_samples(handler=wds.ignore_and_continue))]
+    split = json.loads((tmp_path / "laion" / "index.json").read_text())["splits"]["train"]
+    assert [k for shard in split["shards"] for k in shard["keys"]] == raw and len(raw) == 11
+    assert summary == {str(tmp_path / "laion"): {"samples": 11, "shards": 3, "bad": {"tar": 1}}}
+    assert split["pattern"] == "{00000..00002}.tar" and keys() == raw[:-1]
+    assert sorted(keys(subset=5, shuffle=20, seed=3)) == sorted(raw[:5])
+    assert set(keys(subset=5)) < set(keys(subset=10))
+    (tmp_path / "laion" / "00003.tar").write_bytes((tmp_path / "laion" / "00000.tar").read_bytes())
+    with pytest.raises(ValueError, match=r"keys of shard .*00003.tar, which index.json beside it does not list"):
+        subset_keys([f"{tmp_path}/laion/{i:05d}.tar" for i in range(4)], 5)
+
+
+@pytest.mark.parametrize("script,option", [("llava_json.py", "--out"), ("folder_jsonl.py", "--out"),
+                                           ("synthetic_probe.py", "--out"), ("index_shards.py", "--shards")])
+def test_converters_have_help(script, option):
     out = subprocess.run([sys.executable, str(ROOT / "data_pipelines" / script), "--help"], capture_output=True,
                          text=True, check=True)
-    assert "--out" in out.stdout
+    assert option in out.stdout

@@ -125,7 +125,10 @@ def subset_keys(urls: list[str], n: int) -> set[str]:
                 by_name[str(Path(folder) / shard["path"])] = shard["keys"]
     keys: list[str] = []
     for url in urls:
-        keys += by_name.get(url, [])
+        if url not in by_name:
+            raise ValueError(f"data.subset needs the keys of shard {url}, which index.json beside it does not "
+                             f"list; write them with python data_pipelines/index_shards.py --shards '<pattern>'")
+        keys += by_name[url]
     if len(keys) < n:
         raise ValueError(f"data.subset={n} but the shards hold {len(keys)} samples")
     return set(keys[:n])

@@ -1,10 +1,12 @@
 """Writing WebDataset shards (`{key}.png|jpg` + `{key}.txt` and/or `{key}.json`) with a
-manifest `index.json` beside them (shards, per-shard sample keys and counts, bad counts)."""
+manifest `index.json` beside them (shards, per-shard sample keys and counts, bad counts);
+`index_shards` writes the manifest for shards written elsewhere (img2dataset, LAION)."""
 
 from __future__ import annotations
 
 import io
 import json
+import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,20 +63,71 @@ def write_shards(
                 shards.append({"path": name, "count": 0, "keys": []})
             shards[-1]["count"] += 1
             shards[-1]["keys"].append(sample.key)
+    pattern = f"{prefix}-{{{0:06d}..{len(shards) - 1:06d}}}.tar" if shards else ""
+    return _record_split(out, prefix, shards, dict(bad_counts or {}), pattern)
+
+
+def _record_split(out: Path, split: str, shards: list[dict[str, Any]], bad: dict[str, int],
+                  pattern: str) -> dict[str, Any]:
+    """Add (or replace) one split in `out/index.json`, keeping the others; atomic."""
     index_path = out / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {"splits": {}}
-    index["splits"][prefix] = {
-        "shards": shards,
-        "samples": sum(s["count"] for s in shards),
-        "bad": dict(bad_counts or {}),
-        "pattern": f"{prefix}-{{{0:06d}..{len(shards) - 1:06d}}}.tar" if shards else "",
-    }
-    index_path.write_text(json.dumps(index, indent=1))
-    return index["splits"][prefix]
+    index["splits"][split] = {"shards": shards, "samples": sum(s["count"] for s in shards), "bad": bad,
+                              "pattern": pattern}
+    tmp = index_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(index_path)
+    return index["splits"][split]
+
+
+def tar_keys(path: str | Path) -> tuple[list[str], bool]:
+    """The sample keys of one tar shard in order, read from the member headers only (the data
+    is seeked over), with webdataset's key rule; and whether the tar is cut short. As in
+    webdataset, a sample is kept when at least one of its members is whole."""
+    from webdataset.tariterators import base_plus_ext
+
+    keys: list[str] = []
+    size = Path(path).stat().st_size
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                key, _ = base_plus_ext(member.name)
+                if member.offset_data + member.size > size:  # this member is cut off
+                    return keys, True
+                if member.isfile() and key is not None and (not keys or keys[-1] != key):
+                    keys.append(key)
+            end = tar.offset  # after the last member; a whole tar has two zero blocks there
+    except (tarfile.TarError, EOFError, OSError):
+        return keys, True
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read(2 * tarfile.BLOCKSIZE)
+    return keys, len(tail) < 2 * tarfile.BLOCKSIZE or any(tail)
+
+
+def index_shards(urls: list[str], split: str = "train", pattern: str = "") -> dict[str, dict[str, Any]]:
+    """Write the manifest of existing local shards (one `index.json` per folder, split `split`),
+    so that `data.subset` and the sample counts work on shard sets eelight did not write.
+    Returns the split written, by folder."""
+    by_folder: dict[Path, list[dict[str, Any]]] = {}
+    bad: dict[Path, int] = {}
+    for url in urls:
+        path = Path(url.removeprefix("file:"))
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {url} does not exist (only local shards can be indexed)")
+        keys, truncated = tar_keys(path)
+        by_folder.setdefault(path.parent, []).append({"path": path.name, "count": len(keys), "keys": keys})
+        bad[path.parent] = bad.get(path.parent, 0) + truncated
+    return {str(folder): _record_split(folder, split, shards, {"tar": bad[folder]} if bad[folder] else {},
+                                       Path(pattern).name if pattern else "")
+            for folder, shards in by_folder.items()}
 
 
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     path = Path(shard_dir) / "index.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: shard folders written by data_pipelines/ have one")
+        raise FileNotFoundError(
+            f"{path} not found: shard folders written by data_pipelines/ have one; for other shards "
+            f"(img2dataset, LAION) write it with python data_pipelines/index_shards.py --shards '<pattern>'"
+        )
     return json.loads(path.read_text())
