@@ -1,0 +1,128 @@
+"""Prefill wall-clock of the decoder layers, EE-MLLM vs LLaVA (and EE-MLLM + visual FFN,
+Flamingo), side by side in one run, each next to the FLOPs its forward counts, so that the
+measured speed-up can be set against the FLOP ratio (DESIGN.md §1: 0.318 at these shapes).
+
+Default: 2 decoder layers at Vicuna-7B shapes (d=4096, f=11008, 32 heads), Nv=576 visual
++ Nt=64 text tokens, batch 1, float32 on the CPU. The paper's figure (79 ms EE-MLLM vs
+277 ms LLaVA, 32 layers, H800) is the GPU setting:
+
+    .venv/bin/python benchmarks/prefill.py                       # CPU, 2 layers
+    .venv/bin/python benchmarks/prefill.py --device cuda --dtype bfloat16 --layers 32
+
+Only the layers are timed (no vision tower, embedding or LM head: all variants pay those
+alike); weights are random (speed does not depend on their values). Peak memory is
+reported on CUDA (allocated during the pass, above the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from eelight.models import LLMConfig, model_config
+from eelight.models.decoder import Decoder
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _pass(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torch.dtype, attn_impl: str):
+    """A decoder with random weights on `device` and a function running its layers once."""
+    cfg = model_config(preset, llm=llm, attn_impl=attn_impl)
+    with torch.device(device):
+        decoder = Decoder(llm, cfg).to(dtype).eval()
+        flamingo = cfg.arch == "flamingo"
+        nv = 0 if flamingo else args.nv  # Flamingo's LLM rows are text only; it cross-attends to the image
+        h = torch.randn(args.batch, nv + args.nt, llm.hidden_size, dtype=dtype)
+        visual = torch.randn(args.batch, args.nv, llm.hidden_size, dtype=dtype) if flamingo else None
+        positions = torch.arange(nv + args.nt).expand(args.batch, -1)
+    cos, sin = decoder.rotary(positions, dtype)
+
+    def prefill() -> torch.Tensor:
+        x = h
+        for layer in decoder.layers:
+            x = layer(x, nv, cos, sin, visual=visual)
+        return x
+
+    return prefill
+
+
+def count_flops(preset: str, llm: LLMConfig, args, dtype: torch.dtype) -> int:
+    """FLOPs of one pass, counted on the meta device: there SDPA runs its maths kernel, which
+    FlopCounterMode counts (the CPU flash kernel it uses for real tensors is not counted);
+    flash-attn does the same maths, so the count holds for every attn_impl."""
+    prefill = _pass(preset, llm, args, torch.device("meta"), dtype, "sdpa")
+    prefill()  # warm-up outside the counter: builds the cached causal bias
+    with FlopCounterMode(display=False) as counter:
+        prefill()
+    return counter.get_total_flops()
+
+
+def measure(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torch.dtype) -> dict:
+    torch.manual_seed(0)
+    prefill = _pass(preset, llm, args, device, dtype, args.attn_impl)
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            prefill()
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        times = []
+        for _ in range(args.reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            prefill()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        peak = (torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" else None
+    del prefill
+    gc.collect()
+    return {"preset": preset, "flops": count_flops(preset, llm, args, dtype), "ms": 1e3 * statistics.median(times),
+            "spread": 1e3 * (max(times) - min(times)), "peak_mib": None if peak is None else peak / 2**20}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["llava", "ee_mllm", "ee_mllm_f", "flamingo"])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--ffn", type=int, default=11008)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--nv", type=int, default=576, help="visual tokens (576: CLIP ViT-L/14 at 336 px)")
+    parser.add_argument("--nt", type=int, default=64, help="text tokens")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--attn-impl", default="auto", help="model.attn_impl: auto / sdpa / flash")
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    llm = LLMConfig(vocab_size=32, hidden_size=args.hidden, intermediate_size=args.ffn, num_layers=args.layers,
+                    num_heads=args.heads, num_kv_heads=args.heads, max_positions=args.nv + args.nt)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# prefill: {args.layers} layers d={args.hidden} f={args.ffn} heads={args.heads}, Nv={args.nv} "
+          f"Nt={args.nt} batch={args.batch}, {args.dtype}, {where}, torch {torch.__version__}, "
+          f"median of {args.reps}")
+    rows = [measure(p, llm, args, device, dtype) for p in args.presets]
+    ref = next((r for r in rows if r["preset"] == "llava"), rows[0])
+    print(f"| preset | GFLOPs | ms | spread ms | time / {ref['preset']} | FLOPs / {ref['preset']} | GFLOP/s "
+          "| peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = "–" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        print(f"| {r['preset']} | {r['flops'] / 1e9:.1f} | {r['ms']:.1f} | {r['spread']:.1f} "
+              f"| {r['ms'] / ref['ms']:.3f} | {r['flops'] / ref['flops']:.3f} "
+              f"| {r['flops'] / 1e6 / r['ms']:.0f} | {peak} |")
+
+
+if __name__ == "__main__":
+    main()
