@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -80,7 +81,6 @@ def test_folder_jsonl_round_trip_through_the_loader(tmp_path):
 def _img2dataset_shards(folder, n_shards=3, per_shard=4):
     """img2dataset's layout, with no index.json: 00000.tar holding 000000000.jpg/.txt/.json, ..."""
     import io
-    import tarfile
 
     folder.mkdir()
     for s in range(n_shards):
@@ -112,8 +112,6 @@ def test_index_shards_makes_subsets_work_on_foreign_shards(tmp_path):
         keys(subset=5)
     # Cut the last shard inside 000020002.txt: webdataset still hands on that sample's whole .jpg
     # (the loader then skips it as a sample without text) and nothing after it.
-    import tarfile
-
     last = tmp_path / "laion" / "00002.tar"
     with tarfile.open(last) as tar:
         cut = tar.getmember("000020002.txt").offset_data + 2
@@ -131,6 +129,30 @@ def test_index_shards_makes_subsets_work_on_foreign_shards(tmp_path):
     (tmp_path / "laion" / "00003.tar").write_bytes((tmp_path / "laion" / "00000.tar").read_bytes())
     with pytest.raises(ValueError, match=r"keys of shard .*00003.tar, which index.json beside it does not list"):
         subset_keys([f"{tmp_path}/laion/{i:05d}.tar" for i in range(4)], 5)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_tar_keys_agree_with_webdataset_at_every_cut(tmp_path, compressed):
+    """Cut a shard (plain, or .tar.gz) every 97 bytes: the indexed keys are what webdataset
+    hands on from it, and a cut inside the archive is reported."""
+    import gzip
+
+    from eelight.data.shards import tar_keys
+
+    _img2dataset_shards(tmp_path / "s", n_shards=1)
+    whole = (tmp_path / "s" / "00000.tar").read_bytes()
+    with tarfile.open(tmp_path / "s" / "00000.tar") as tar:
+        archive_end = tar.getmembers()[-1].offset_data + 512  # the last member's data fits one block
+    if compressed:
+        whole, archive_end = gzip.compress(whole), len(gzip.compress(whole))
+    shard = tmp_path / ("cut.tar.gz" if compressed else "cut.tar")
+    shard.write_bytes(whole)
+    assert tar_keys(shard) == ([f"0000000{i:02d}" for i in range(4)], False)
+    for cut in range(0, archive_end, 97):
+        shard.write_bytes(whole[:cut])
+        raw = [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList([str(shard)]),
+                                                      wds.tarfile_to_samples(handler=wds.ignore_and_continue))]
+        assert tar_keys(shard) == (raw, True), cut
 
 
 @pytest.mark.parametrize("script,option", [("llava_json.py", "--out"), ("folder_jsonl.py", "--out"),

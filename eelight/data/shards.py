@@ -81,24 +81,31 @@ def _record_split(out: Path, split: str, shards: list[dict[str, Any]], bad: dict
 
 
 def tar_keys(path: str | Path) -> tuple[list[str], bool]:
-    """The sample keys of one tar shard in order, read from the member headers only (the data
-    is seeked over), with webdataset's key rule; and whether the tar is cut short. As in
-    webdataset, a sample is kept when at least one of its members is whole."""
+    """The sample keys of one tar shard (plain or compressed) in order, with webdataset's key
+    rule, and whether the shard is cut short. A plain tar is read by its headers only (the data
+    is seeked over). As in webdataset, a sample is kept when one of its members is whole."""
     from webdataset.tariterators import base_plus_ext
 
     keys: list[str] = []
     size = Path(path).stat().st_size
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:*") as tar:
+            plain = isinstance(tar.fileobj, io.BufferedReader)  # else gzip/bz2/xz: offsets are not bytes
             for member in tar:
                 key, _ = base_plus_ext(member.name)
-                if member.offset_data + member.size > size:  # this member is cut off
+                if not member.isfile() or key is None:
+                    continue
+                if plain and member.offset_data + member.size > size:  # this member is cut off
                     return keys, True
-                if member.isfile() and key is not None and (not keys or keys[-1] != key):
+                if not plain:  # a compressed stream is read through anyway; a cut-off member raises
+                    tar.extractfile(member).read()
+                if not keys or keys[-1] != key:
                     keys.append(key)
             end = tar.offset  # after the last member; a whole tar has two zero blocks there
-    except (tarfile.TarError, EOFError, OSError):
+    except (tarfile.TarError, EOFError, OSError):  # a compressed stream cut short ends here
         return keys, True
+    if not plain:
+        return keys, False
     with open(path, "rb") as f:
         f.seek(end)
         tail = f.read(2 * tarfile.BLOCKSIZE)
