@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import torch
@@ -91,3 +93,12 @@ def tiny_mllm(preset: str, llama_dir: Path):
             if name.endswith("_gate"):
                 p.fill_(0.7)
     return model
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A tar of (member name, bytes), in the order given (hand-made shards for loader tests)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

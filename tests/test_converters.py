@@ -8,6 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
+from helpers import write_tar
 from PIL import Image
 
 from eelight.data.loader import make_pipeline
@@ -84,16 +85,14 @@ def _img2dataset_shards(folder, n_shards=3, per_shard=4):
 
     folder.mkdir()
     for s in range(n_shards):
-        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
-            for i in range(per_shard):
-                key = f"{s:05d}{i:04d}"
-                buf = io.BytesIO()
-                _img(s * 10 + i).save(buf, format="JPEG")
-                meta = json.dumps({"url": f"http://example.com/{key}.jpg", "status": "success", "key": key})
-                for ext, data in (("jpg", buf.getvalue()), ("txt", b"a red circle"), ("json", meta.encode())):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        members = []
+        for i in range(per_shard):
+            key = f"{s:05d}{i:04d}"
+            buf = io.BytesIO()
+            _img(s * 10 + i).save(buf, format="JPEG")
+            meta = json.dumps({"url": f"http://example.com/{key}.jpg", "status": "success", "key": key})
+            members += [(f"{key}.jpg", buf.getvalue()), (f"{key}.txt", b"a red circle"), (f"{key}.json", meta.encode())]
+        write_tar(folder / f"{s:05d}.tar", members)
     return f"{folder}/{{00000..{n_shards - 1:05d}}}.tar"
 
 

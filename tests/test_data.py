@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from helpers import write_tar
 from PIL import Image
 
 from eelight.data.loader import BadDataError, BadSampleCounter, make_pipeline
@@ -67,14 +68,6 @@ def test_round_trip_png_pixels_texts_and_conversations(tmp_path, tok, proc):
     assert captions["image_offset"].tolist() == [0] * 5  # a caption has no marker: the image comes first
 
 
-def _write_tar(path, members):
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _png(seed):
     buf = io.BytesIO()
     _image(seed).save(buf, format="PNG")
@@ -88,8 +81,8 @@ def _bad_shards(tmp_path):
         ("m0.png", _png(10)),  # missing .txt
         ("j0.png", _png(11)), ("j0.txt", b"a red circle"), ("j0.json", b"{not json"),  # bad JSON
     ]
-    _write_tar(tmp_path / "bad-000000.tar", members)
-    _write_tar(tmp_path / "full.tar", [("t0.png", _png(12)), ("t0.txt", b"a blue square"),
+    write_tar(tmp_path / "bad-000000.tar", members)
+    write_tar(tmp_path / "full.tar", [("t0.png", _png(12)), ("t0.txt", b"a blue square"),
                                        ("t1.png", _png(13)), ("t1.txt", b"a blue square")])
     with tarfile.open(tmp_path / "full.tar") as tar:
         cut = tar.getmember("t1.png").offset_data + 100  # inside the last sample's first member
@@ -136,7 +129,7 @@ def test_img2dataset_layout_loads_as_captions(tmp_path, tok, proc):
     _image(0).save(buf, format="JPEG")
     meta = json.dumps({"url": "http://example.com/0.jpg", "status": "success", "key": "00000",
                        "caption": "a red circle", "width": 32, "height": 32}).encode()
-    _write_tar(tmp_path / "00000.tar", [("00000.jpg", buf.getvalue()), ("00000.txt", b"a red circle"),
+    write_tar(tmp_path / "00000.tar", [("00000.jpg", buf.getvalue()), ("00000.txt", b"a red circle"),
                                         ("00000.json", meta)])
     batch = next(iter(make_pipeline(str(tmp_path / "00000.tar"), stage="align", tokenizer=tok,
                                     processor=proc, batch_size=1)))
@@ -149,7 +142,7 @@ def test_img2dataset_layout_loads_as_captions(tmp_path, tok, proc):
 
 def test_missing_shard_is_named(tmp_path, tok, proc):
     with pytest.raises(FileNotFoundError, match=r"shard .*/nope-000001.tar does not exist"):
-        _write_tar(tmp_path / "nope-000000.tar", [])
+        write_tar(tmp_path / "nope-000000.tar", [])
         make_pipeline(f"{tmp_path}/nope-{{000000..000001}}.tar", stage="align", tokenizer=tok, processor=proc)
 
 
