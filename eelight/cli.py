@@ -3,6 +3,7 @@
     eelight train experiments/ee_mllm_tiny.yaml [more.yaml ...] [key=value ...]
     eelight backbones --probe data/probe --out .cache/backbones
     eelight demo [key=value ...]
+    eelight eval runs/ee_mllm_tiny/instruct benchmarks=[mmbench,textvqa] [eval.data_root=...] [model.visual_attn=none]
     eelight sweep sweeps/weight_reuse.yaml [key=value ...] [--max-trials N]
     eelight report weight_reuse
     eelight export --study weight_reuse --out exported/ [--register NAME]
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 
+from eelight.eval.base import BenchmarkError
 from eelight.models.hf_loading import CheckpointError
 from eelight.training.config import ConfigError
 
@@ -74,6 +76,12 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps(best_trial_export(sweep, args.out, args.register)))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from eelight.eval.command import main
+
+    main(args.target, args.overrides, out=args.out, log=not args.no_mlflow)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from eelight.demo import main
 
@@ -108,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--register", default=None, help="also register it in the MLflow model registry")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_export)
+    p = sub.add_parser("eval", help="score a run folder or an export on benchmarks (MMBench, SEED, TextVQA, DocVQA)")
+    p.add_argument("target", help="runs/<name>/<stage> (config.yaml + last.ckpt) or an exported folder")
+    p.add_argument("overrides", nargs="*", help="benchmarks=[...], eval.*, model.* (e.g. model.visual_attn=none)")
+    p.add_argument("--out", default=None, help="where predictions go (default TARGET/eval/<variant>)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.set_defaults(fn=_eval)
     p = sub.add_parser("demo", help="probe -> backbones -> align -> instruct -> accuracy")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_demo)
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exn:
+    except (ConfigError, CheckpointError, BenchmarkError, FileNotFoundError) as exn:
         print(f"eelight: error: {exn}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,9 +1,10 @@
 """`make demo`: the whole pipeline on the embedded default, on a CPU.
 
 Builds the synthetic probe shards and tokenizer, builds (or reuses) the tiny
-pretrained backbones, trains a tiny EE-MLLM align -> instruct, evaluates probe
-accuracy on held-out images against chance, and says where the MLflow runs and
-checkpoints are. Extra dot-list overrides apply to both stages:
+pretrained backbones, trains a tiny EE-MLLM align -> instruct, scores it on the
+held-out probe through each benchmark's path (`eelight eval`: the probe itself and
+its MMBench / SEED-Bench / TextVQA / DocVQA files), and says where the MLflow runs
+and checkpoints are. Extra dot-list overrides apply to both stages:
 `python -m eelight.demo model_preset=llava`.
 """
 
@@ -17,23 +18,22 @@ PROBE = Path("data/probe")
 BACKBONES = Path(".cache/backbones")
 EXPERIMENT = "experiments/ee_mllm_tiny.yaml"
 EVAL_IMAGES = 200
+BENCHMARK_FILES = PROBE / "benchmarks"
+BENCHMARKS = ("probe", "mmbench", "seed", "textvqa", "docvqa")
 
 
 def prepare() -> None:
     """The probe shards and tokenizer, and the tiny pretrained backbones (both cached)."""
-    from eelight.data.probe import build_probe
+    from eelight.data.probe import VERSION, build_probe, probe_version
     from eelight.training.backbones import build_backbones
 
-    if not (PROBE / "index.json").exists():
+    if probe_version(str(PROBE)) != VERSION:  # none yet, or written by an older generator
         print(f"[demo] building the synthetic probe in {PROBE}", flush=True)
         build_probe(str(PROBE), n_train=4000, n_eval=400, seed=0)
     build_backbones(PROBE, BACKBONES)
 
 
 def main(overrides: list[str] | None = None) -> dict:
-    from eelight.data.tokenizer import load_tokenizer
-    from eelight.eval.probe_eval import chance_levels, evaluate_probe, probe_questions
-    from eelight.models.vision import image_processor
     from eelight.training.config import load_run_config
     from eelight.training.run import mlflow_uri, train
 
@@ -49,28 +49,21 @@ def main(overrides: list[str] | None = None) -> dict:
           f"({time.perf_counter() - start:.0f}s)", flush=True)
     instruct = train(instruct_cfg)
 
-    from eelight.models.mllm import build_mllm
-    from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.eval.command import main as evaluate
+    from eelight.eval.probe_files import write_probe_benchmarks
 
-    model = build_mllm(instruct_cfg.model)
-    init_from_checkpoint(model, instruct["checkpoint"])
-    tok = load_tokenizer(instruct_cfg.data.tokenizer)
-    processor = image_processor(instruct_cfg.model.vision, model.vision.image_size)
-    questions = probe_questions(instruct_cfg.data.val_shards, tok, processor, instruct_cfg.data.template, EVAL_IMAGES,
-                                instruct_cfg.data.image_placement)
-    acc = evaluate_probe(model.eval(), questions, tok.pad_token_id)
-    chance = chance_levels()
-    print(f"\n[demo] held-out probe accuracy ({EVAL_IMAGES} images x 4 questions), "
-          f"{time.perf_counter() - start:.0f}s in all:")
-    print(f"  {'question':10s} {'accuracy':>9s} {'chance':>7s} {'x chance':>9s}")
-    for kind, value in acc.items():
-        print(f"  {kind:10s} {value:9.1%} {chance[kind]:7.0%} {value / chance[kind]:9.1f}")
+    write_probe_benchmarks(instruct_cfg.data.val_shards, BENCHMARK_FILES, EVAL_IMAGES)  # ~1 s: always fresh
+    print(f"\n[demo] held-out probe ({EVAL_IMAGES} images x 4 question types, chance 25%) through each "
+          f"benchmark's path ({time.perf_counter() - start:.0f}s so far):", flush=True)
+    scores = evaluate(str(instruct_cfg.run_dir), [f"benchmarks=[{','.join(BENCHMARKS)}]",
+                                                  f"eval.data_root={BENCHMARK_FILES}", f"data.val_samples={EVAL_IMAGES}"])
+    print(f"[demo] {time.perf_counter() - start:.0f}s in all")
     uri, _ = mlflow_uri(instruct_cfg)
     print(f"\n[demo] MLflow store: {uri} (experiment '{instruct_cfg.mlflow.experiment}', runs "
           f"{align['mlflow_run_id']} and {instruct['mlflow_run_id']})")
     print(f"[demo] checkpoints: {align['checkpoint']}\n                    {instruct['checkpoint']}")
     print("[demo] open the UI with: make mlflow-ui   (then http://127.0.0.1:5000)")
-    return {"accuracy": acc, "align": align, "instruct": instruct}
+    return {"metrics": scores["metrics"], "align": align, "instruct": instruct}
 
 
 if __name__ == "__main__":

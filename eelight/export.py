@@ -25,7 +25,6 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
                  card: dict[str, Any] | None = None) -> Path:
     """Write the folder from a run's saved `config.yaml` and its Lightning checkpoint."""
     from omegaconf import OmegaConf
-    from safetensors.torch import save_file
 
     from eelight.data.tokenizer import load_tokenizer
     from eelight.models.mllm import build_mllm
@@ -36,20 +35,34 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
     run_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_cfg_path)))
     model = build_mllm(run_cfg.model)
     init_from_checkpoint(model, checkpoint)
+    prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement}
+    out = save_export(model, out, load_tokenizer(run_cfg.data.tokenizer),
+                      image_processor(run_cfg.model.vision, model.vision.image_size), prompting)
+    _model_card(out, _portable(model.cfg), run_cfg, card or {})
+    return out
+
+
+def _portable(cfg: ModelConfig) -> ModelConfig:
+    """The model config without local paths (sizes stay resolved)."""
+    return replace(cfg, llm=replace(cfg.llm, path=None), vision=replace(cfg.vision, path=None))
+
+
+def save_export(model, out: str | Path, tokenizer, processor, prompting: dict[str, str]) -> Path:
+    """Write a model and what it needs to be asked questions as an export folder (no card)."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.cfg.llm.tie_embeddings:
         state.pop("decoder.lm_head.weight")  # safetensors refuses shared tensors; re-tied on load
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    portable = replace(model.cfg, llm=replace(model.cfg.llm, path=None), vision=replace(model.cfg.vision, path=None))
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(portable)))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(_portable(model.cfg))))
     model.vision.model.config.to_json_file(out / "vision_config.json")
-    load_tokenizer(run_cfg.data.tokenizer).save_pretrained(out)
-    image_processor(run_cfg.model.vision, model.vision.image_size).save_pretrained(out)
-    prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement}
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
     (out / "prompt.json").write_text(json.dumps(prompting, indent=1))
-    _model_card(out, portable, run_cfg, card or {})
     return out
 
 
@@ -74,9 +87,11 @@ def _model_card(out: Path, cfg: ModelConfig, run_cfg, card: dict[str, Any]) -> N
     (out / "README.md").write_text("\n".join(lines))
 
 
-def load(folder: str | Path):
-    """Rebuild an exported model in one call (eval mode, CPU)."""
+def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+    """Rebuild an exported model in one call (eval mode, CPU). `overrides`: model-config
+    dot-list changes that keep the parameters (e.g. `visual_attn=none`: EE-MLLM-F)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
@@ -85,7 +100,12 @@ def load(folder: str | Path):
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder} is not an eelight export (no model.safetensors)")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(folder / "config.yaml")))
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                                  OmegaConf.load(folder / "config.yaml"),
+                                                  OmegaConf.from_dotlist(list(overrides))))
+    except (OmegaConfBaseException, ValueError) as exn:
+        raise ValueError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
     vision_config = AutoConfig.from_pretrained(folder / "vision_config.json")
     model = MLLM(cfg, cfg.llm, vision_config)
     missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)

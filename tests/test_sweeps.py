@@ -97,7 +97,7 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     for name in ("model.safetensors", "config.yaml", "vision_config.json", "tokenizer.json",
                  "preprocessor_config.json", "README.md"):
         assert (folder / name).is_file(), name
-    assert "val/probe_acc_overall" in (folder / "README.md").read_text()
+    assert "probe/accuracy" in (folder / "README.md").read_text()
     best = _study(out).best_trial
     ckpt = best.user_attrs["checkpoint"]
     run_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig),
@@ -281,3 +281,33 @@ def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, pro
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_a_benchmark_metric_is_a_sweep_objective(probe_env, tmp_path):
+    """objective: mmbench/accuracy, scored after each trial's instruct stage; the report lists
+    every benchmark metric. Without mmbench in eval.benchmarks the file fails before any trial."""
+    import csv
+
+    from eval_helpers import probe_benchmark_files
+
+    from eelight.sweeps.runner import run_worker
+
+    files = probe_benchmark_files(tmp_path)
+    spec = tmp_path / "bench.yaml"
+    spec.write_text("name: bench_obj\nexperiment: [experiments/ee_mllm_tiny.yaml]\n"
+                    "space: {model.aligner: {type: grid, values: [reuse]}}\n"
+                    "objective: {metric: mmbench/accuracy, direction: maximize}\n")
+    with pytest.raises(ConfigError, match="needs benchmark 'mmbench'.*eval.benchmarks=\\[probe,mmbench\\]"):
+        load_sweep(str(spec), _small(probe_env))
+    extra = ["eval.benchmarks=[probe,mmbench]", f"eval.data_root={files}", "eval.limit=2"]
+    sweep = load_sweep(str(spec), _small(probe_env, steps=4) + extra)
+    sweep.out_dir = str(tmp_path / "out")
+    assert run_worker(sweep)["ran"] == 1
+    trial = optuna.load_study(study_name="bench_obj", storage=f"sqlite:///{tmp_path}/out/bench_obj/study.db").trials[0]
+    assert trial.value == trial.user_attrs["metrics"]["mmbench/accuracy"]
+    from eelight.sweeps.report import write_report
+
+    with open(write_report(sweep) / "trials.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["objective"]) == trial.value
+    assert {"metric.mmbench/accuracy", "metric.probe/accuracy", "metric.mmbench/unparsed"} <= set(row)

@@ -6,10 +6,24 @@ conversations of questions about shape, colour, position and count feed the
 instruct stage, with one answer word (or two for the position) each. Every
 question type has 4 answers, so chance is 25%. The vocabulary is a few dozen
 words, so a tiny model on a CPU can learn it. Fully determined by the seed.
+
+Each question is asked in one of three forms (`FORMS`), the formats `eelight eval`
+asks the benchmarks in (`eelight.eval.prompts`, as LLaVA-1.5's training mixture does):
+plain, short answer (TextVQA/DocVQA) and multiple choice with the options in a
+random order (MMBench/SEED-Bench). So a probe model can be scored through every
+benchmark's path (`data_pipelines/probe_benchmarks.py`).
+
+A multiple-choice question is answered with the option's *text*, which the rule-based
+extraction maps to its letter (VLMEvalKit's `can_infer_text` step). Trained to answer
+the letter, the demo's 4-layer model stayed at chance on it (25.4% of rows right after
+700 instruct steps, 0% under CircularEval, while 98.8% right in plain form): pointing from
+an option's text back to its letter is a skill of its own that this scale does not learn,
+and the probe measures what the model sees, not that skill.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 
@@ -28,6 +42,9 @@ QUESTIONS = {
     "count": "how many shapes are there ?",
 }
 CHANCE = {kind: 0.25 for kind in QUESTIONS}
+ANSWERS = {"shape": list(SHAPES), "colour": sorted(COLOURS), "position": sorted(POSITIONS), "count": list(NUMBERS)}
+FORMS = ("plain", "short", "choice")
+VERSION = 4  # bump when what the generator writes changes: cached probes and backbones are rebuilt
 
 
 @dataclass(frozen=True)
@@ -46,13 +63,25 @@ class ProbeItem:
         noun = self.shape if self.count == 1 else PLURAL[self.shape]
         return f"{NUMBERS[self.count - 1]} {self.colour} {noun} at the {self.position}"
 
+    def ask(self, kind: str, form: str, rng: random.Random) -> tuple[str, str]:
+        """(question, answer) for one question type in one of `FORMS`."""
+        from eelight.eval.prompts import LETTERS, multiple_choice, short_answer
+
+        if form == "plain":
+            return QUESTIONS[kind], self.answer(kind)
+        if form == "short":
+            return short_answer(QUESTIONS[kind]), self.answer(kind)
+        options = dict(zip(LETTERS, rng.sample(ANSWERS[kind], len(LETTERS)), strict=True))
+        return multiple_choice(QUESTIONS[kind], options), self.answer(kind)
+
     def conversation(self, n_turns: int = 2) -> list[dict[str, str]]:
-        """LLaVA-style turns; the image marker opens the first question."""
-        kinds = random.Random(self.seed + 1).sample(sorted(QUESTIONS), n_turns)
+        """LLaVA-style turns, each in a random form; the image marker opens the first question."""
+        rng = random.Random(self.seed + 1)
         turns = []
-        for i, kind in enumerate(kinds):
-            question = QUESTIONS[kind] if i else "<image>\n" + QUESTIONS[kind]
-            turns += [{"from": "human", "value": question}, {"from": "gpt", "value": self.answer(kind)}]
+        for i, kind in enumerate(rng.sample(sorted(QUESTIONS), n_turns)):
+            question, answer = self.ask(kind, rng.choice(FORMS), rng)
+            turns += [{"from": "human", "value": question if i else "<image>\n" + question},
+                      {"from": "gpt", "value": answer}]
         return turns
 
 
@@ -92,7 +121,9 @@ def draw(item: ProbeItem, size: int = 64) -> Image.Image:
 
 def corpus_words() -> list[str]:
     """Every word a caption, question or answer can use (for the word-level tokenizer)."""
-    words = set(SHAPES) | set(PLURAL.values()) | set(COLOURS) | set(NUMBERS) | {"at", "the"}
+    from eelight.eval.prompts import words as prompt_words
+
+    words = set(SHAPES) | set(PLURAL.values()) | set(COLOURS) | set(NUMBERS) | {"at", "the"} | set(prompt_words())
     for text in list(QUESTIONS.values()) + list(POSITIONS):
         words |= set(text.split())
     return sorted(words)
@@ -118,4 +149,13 @@ def build_probe(out_dir: str, n_train: int, n_eval: int, seed: int = 0, image_si
     train = write_shards(samples("train", n_train, seed), out, "train", max_count=shard_size)
     evals = write_shards(samples("eval", n_eval, seed + 7919), out, "eval", max_count=shard_size)
     build_word_tokenizer(corpus_words(), out / "tokenizer")
+    (out / "probe.json").write_text(json.dumps({"version": VERSION, "seed": seed, "image_size": image_size}))
     return {"train": train, "eval": evals}
+
+
+def probe_version(out_dir: str) -> int | None:
+    """The generator version a probe folder was written with (None: none or older)."""
+    from pathlib import Path
+
+    stamp = Path(out_dir) / "probe.json"
+    return json.loads(stamp.read_text()).get("version") if stamp.exists() else None

@@ -14,9 +14,14 @@ def build_word_tokenizer(words: list[str], out_dir: str | Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + TEMPLATE_WORDS + sorted(set(words) - set(TEMPLATE_WORDS)))}
+    # Words split at whitespace, punctuation isolated ("A." -> "A", "."), as subword tokenizers
+    # do: an option's letter in a question and the letter answered are one token.
+    split = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")])
+    pieces = {piece for w in words for piece, _ in split.pre_tokenize_str(w)} - set(TEMPLATE_WORDS)
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + TEMPLATE_WORDS + sorted(pieces))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.pre_tokenizer = split
+    core.add_tokens(TEMPLATE_WORDS)  # matched whole, before the split ("USER:" stays one token)
     core.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"

@@ -10,7 +10,8 @@
       optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true} # sampled (TPE)
     seeds: [0, 1, 2]                                  # repeats: a grid axis
     data_sizes: [500, 1000]                           # data.subset: a grid axis
-    objective: {metric: val/probe_acc_overall, direction: maximize}
+    objective: {metric: probe/accuracy, direction: maximize}   # any evaluator metric, e.g.
+                                                  # textvqa/accuracy with eval.benchmarks=[textvqa]
 
 Every grid point (grid axes x seeds x data sizes, x `trials_per_point`) is one trial;
 the other distributions are sampled per trial by `sampler`. A file with an unknown key,
@@ -42,7 +43,7 @@ class Distribution:
 
 @dataclass
 class Objective:
-    metric: str = "val/probe_acc_overall"
+    metric: str = "probe/accuracy"
     direction: str = "maximize"
 
 
@@ -106,6 +107,7 @@ def _check(sweep: SweepConfig) -> None:
         raise ConfigError(f"sweep pruner={sweep.pruner!r} is not allowed; choose one of {list(PRUNERS)}")
     if sweep.objective.direction not in ("maximize", "minimize"):
         raise ConfigError(f"sweep objective.direction={sweep.objective.direction!r}: maximize or minimize")
+    _check_objective(sweep)
     # Every value a trial can take must make a valid run config: unknown keys and bad values
     # fail here, before any trial runs.
     for stage in sweep.stages:
@@ -119,6 +121,21 @@ def _check(sweep: SweepConfig) -> None:
                     load_run_config(yamls, sweep.overrides + [f"stage={stage}", f"{key}={value}"])
                 except ConfigError as exn:
                     raise ConfigError(f"sweep space {key!r} value {value!r}: {exn}") from exn
+
+
+def _check_objective(sweep: SweepConfig) -> None:
+    """A benchmark objective (`textvqa/accuracy`) needs that benchmark scored by the last stage."""
+    from eelight.eval.registry import BENCHMARKS
+
+    bench = sweep.objective.metric.split("/")[0]
+    if bench not in BENCHMARKS:
+        return
+    last = sweep.stages[-1]
+    cfg = load_run_config(sweep.experiment + sweep.stage_configs.get(last, []), sweep.overrides + [f"stage={last}"])
+    if bench not in cfg.eval.benchmarks:
+        raise ConfigError(f"sweep objective {sweep.objective.metric!r} needs benchmark {bench!r} scored after the "
+                          f"{last} stage; add eval.benchmarks=[{','.join([*cfg.eval.benchmarks, bench])}] to "
+                          f"`overrides` (and eval.data_root= where its files are)")
 
 
 def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:

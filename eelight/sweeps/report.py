@@ -34,6 +34,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "gflops_per_sample": (t.user_attrs["flops_per_sample"] / 1e9) if "flops_per_sample" in t.user_attrs else None,
             "visual_tokens": t.user_attrs.get("visual_tokens"),
             **{f"param.{k}": v for k, v in t.params.items() if k not in ("seed", "data_size")},
+            **{f"metric.{k}": v for k, v in t.user_attrs.get("metrics", {}).items()},  # every benchmark scored
         })
     return rows
 
@@ -138,7 +139,7 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         raise ValueError(f"study {sweep.name!r} has no complete trial yet: nothing to report")
     out = Path(sweep.out_dir, sweep.name, "report")
     out.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith("param."), k))
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith(("param.", "metric.")), k))
     with open(out / "trials.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()

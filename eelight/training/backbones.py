@@ -128,6 +128,17 @@ def pretrain_clip(pixels: torch.Tensor, captions: list[list[int]], vocab: int, p
     return loss
 
 
+def _digest(probe_dir: Path) -> str:
+    """Fingerprint of the probe the backbones learn from: a rebuilt probe retrains them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("index.json", "tokenizer/tokenizer.json"):
+        path = probe_dir / name
+        h.update(path.read_bytes() if path.exists() else b"")
+    return h.hexdigest()[:16]
+
+
 def build_backbones(probe_dir: str | Path, out_dir: str | Path, cfg: BackboneConfig | None = None) -> dict:
     """Pretrain (or reuse) the tiny LM and CLIP; returns their folders."""
     from eelight.data.tokenizer import load_tokenizer
@@ -137,7 +148,7 @@ def build_backbones(probe_dir: str | Path, out_dir: str | Path, cfg: BackboneCon
     cfg = cfg or BackboneConfig()
     probe_dir, out = Path(probe_dir), Path(out_dir)
     stamp = out / "backbones.json"
-    settings = {"config": asdict(cfg), "probe": str(probe_dir.resolve())}
+    settings = {"config": asdict(cfg), "probe": str(probe_dir.resolve()), "probe_files": _digest(probe_dir)}
     paths = {"llm": str(out / "llm"), "vision": str(out / "vision"), "tokenizer": str(out / "llm")}
     if stamp.exists() and json.loads(stamp.read_text()).get("settings") == settings:
         print(f"[backbones] reusing {out}", flush=True)

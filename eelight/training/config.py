@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eelight.data.text import PLACEMENTS
+from eelight.eval.config import EvalConfig
 from eelight.models.config import ModelConfig, model_config
 
 STAGES = ("align", "instruct")
@@ -90,10 +91,14 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage={self.stage!r} is not allowed; choose one of {list(STAGES)}")
+        from eelight.eval.registry import check_names
+
+        check_names(list(self.eval.benchmarks))
         if self.data.image_placement not in PLACEMENTS:
             raise ValueError(
                 f"data.image_placement={self.data.image_placement!r} is not allowed; choose one of {list(PLACEMENTS)}"
@@ -159,7 +164,7 @@ def flat_params(cfg: RunConfig) -> dict[str, Any]:
 # What a rerun may change and still resume: how long and where it runs, how it logs.
 # Everything else (model, data, optimiser, seeds) is what the checkpoint was trained with.
 RESUME_MAY_CHANGE = ("trainer.", "mlflow.", "out_dir", "init_from", "data.num_workers", "data.val_shards",
-                     "data.val_samples")
+                     "data.val_samples", "eval.")
 RESUME_MUST_MATCH = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
 
 

@@ -54,10 +54,10 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class MLLMModule(L.LightningModule):
-    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int, probe_eval=None) -> None:
+    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int, evaluate=None) -> None:
         super().__init__()
         self.model, self.stage, self.optim_cfg, self.max_steps = model, stage, optim, max_steps
-        self.probe_eval = probe_eval  # callable(model) -> {kind: accuracy}, or None
+        self.evaluate = evaluate  # callable(model) -> {"<benchmark>/<metric>": value}, or None
         self.groups = parameter_groups(model, stage)
         self._last_time: float | None = None
         self._first_time: float | None = None
@@ -103,10 +103,13 @@ class MLLMModule(L.LightningModule):
         self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        if self.probe_eval is None or self.trainer.sanity_checking:
+        if self.evaluate is None or self.trainer.sanity_checking:
             return
-        for kind, acc in self.probe_eval(self.model).items():
-            self.log(f"val/probe_acc_{kind}", acc, prog_bar=kind == "overall")
+        was_training = self.model.training
+        self.model.eval()
+        for key, value in self.evaluate(self.model).items():
+            self.log(key, value, prog_bar=key.count("/") == 1, sync_dist=False)
+        self.model.train(was_training)
 
     def configure_model(self) -> None:
         """FSDP2 under ModelParallelStrategy: one wrap unit per decoder layer, then the root."""

@@ -54,18 +54,27 @@ def make_logger(cfg: RunConfig):
                         artifact_location=artifacts, tags=tags, run_id=run_id, prefix=cfg.mlflow.prefix)
 
 
-def probe_evaluator(cfg: RunConfig, tokenizer, processor):
-    """Greedy-answer accuracy on held-out probe images (instruct stage, probe data only)."""
-    from eelight.eval.probe_eval import NotProbeData, evaluate_probe, probe_questions
-
-    if cfg.stage != "instruct" or not cfg.data.val_shards or cfg.data.val_samples <= 0:
+def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
+    """At the end of each validation of an instruct stage: the benchmarks in `eval.benchmarks`,
+    scored on the model being trained (metrics `<benchmark>/<metric>[/<category>]`)."""
+    if cfg.stage != "instruct" or not cfg.eval.benchmarks:
         return None
-    try:
-        questions = probe_questions(cfg.data.val_shards, tokenizer, processor, cfg.data.template,
-                                    cfg.data.val_samples, cfg.data.image_placement)
-    except NotProbeData:
-        return None  # not probe data: validation loss only
-    return lambda model: evaluate_probe(model, questions, tokenizer.pad_token_id)
+    from eelight.data.image import FastImageTransform
+    from eelight.data.text import template
+    from eelight.eval.registry import make_evaluator
+    from eelight.eval.runner import Asker, run_benchmark
+
+    evaluators = [make_evaluator(name, cfg.eval, cfg.data.val_shards, cfg.data.val_samples)
+                  for name in cfg.eval.benchmarks]
+    for evaluator in evaluators:
+        evaluator.load()  # a bad benchmark file stops the run before training, not after it
+
+    def evaluate(model) -> dict[str, float]:
+        asker = Asker(model, tokenizer, FastImageTransform(processor), template(cfg.data.template),
+                      cfg.data.image_placement, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+        return {k: v for e in evaluators for k, v in run_benchmark(asker, e).metrics.items()}
+
+    return evaluate
 
 
 def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
@@ -115,7 +124,7 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     processor = image_processor(cfg.model.vision, model.vision.image_size)
     data = ShardDataModule(cfg, tokenizer, processor, cfg.data.seed + resume_step)
     module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
-                        probe_evaluator(cfg, tokenizer, processor))
+                        benchmark_evaluation(cfg, tokenizer, processor))
 
     # Only global rank 0 touches MLflow: under srun every task starts at once, and two
     # processes creating one SQLite store race on its schema.
@@ -144,7 +153,8 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     if cfg.data.val_shards:
         trainer.limit_val_batches = 1.0
         trainer.validate(module, datamodule=data, verbose=False)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/") or k.split("/")[0] in cfg.eval.benchmarks}
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
               "metrics": metrics,
               "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,

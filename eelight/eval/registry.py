@@ -1,0 +1,51 @@
+"""The benchmarks by name, built from the evaluation settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eelight.eval.base import BenchmarkError, Evaluator
+from eelight.eval.config import EvalConfig
+
+# name -> (question file, image folder) under eval.data_root
+DEFAULT_FILES = {
+    "mmbench": ("mmbench/MMBench_DEV_EN.tsv", None),
+    "seed": ("seed/SEED-Bench.json", "seed/images"),
+    "textvqa": ("textvqa/TextVQA_0.5.1_val.json", "textvqa/train_images"),
+    "docvqa": ("docvqa/val_v1.0.json", None),
+}
+BENCHMARKS = ("probe", "mmbench", "seed", "textvqa", "docvqa")
+
+
+def check_names(names: list[str]) -> None:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise BenchmarkError(f"eval.benchmarks: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+
+
+def make_evaluator(name: str, cfg: EvalConfig, val_shards: str | None = None, val_samples: int | None = None
+                   ) -> Evaluator:
+    from eelight.eval.docvqa import DocVQA
+    from eelight.eval.mmbench import MMBench
+    from eelight.eval.probe import Probe
+    from eelight.eval.seed import SeedBench
+    from eelight.eval.textvqa import TextVQA
+
+    check_names([name])
+    files = getattr(cfg, name)
+    if name == "probe":
+        shards = files.file or val_shards
+        if not shards:
+            raise BenchmarkError("probe: no shards to read; set data.val_shards= or eval.probe.file=")
+        return Probe(shards, limit=cfg.limit if cfg.limit is not None else val_samples)
+    default_file, default_images = DEFAULT_FILES[name]
+    root = Path(cfg.data_root)
+    file = files.file or str(root / default_file)
+    images = files.images or (str(root / default_images) if default_images else None)
+    if name == "mmbench":
+        return MMBench(file, limit=cfg.limit)
+    if name == "seed":
+        return SeedBench(file, images, cfg.limit, protocol=cfg.seed_protocol)
+    if name == "textvqa":
+        return TextVQA(file, images, cfg.limit, ocr=cfg.textvqa_ocr)
+    return DocVQA(file, images, cfg.limit)
