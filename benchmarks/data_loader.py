@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
+from eelight.data.families import conversation, scene
 from eelight.data.loader import make_pipeline
-from eelight.data.probe import QUESTIONS, corpus_words, draw, probe_item
+from eelight.data.probe import corpus_words
 from eelight.data.shards import Sample, write_shards
 from eelight.data.tokenizer import build_word_tokenizer
 from eelight.models.config import VisionConfig
@@ -27,9 +29,9 @@ from eelight.models.vision import image_processor
 def build(root: Path, n: int, size: int) -> str:
     def samples():
         for i in range(n):
-            item = probe_item(i, 0)
-            yield Sample(f"b{i:07d}", draw(item, size), caption=item.caption(), conversations=item.conversation(),
-                         meta={"probe": {k: item.answer(k) for k in QUESTIONS}}, image_ext="jpg")
+            s = scene("attribute", i, 0, size)
+            yield Sample(f"b{i:07d}", s.image, caption=s.caption, conversations=conversation(s, random.Random(i)),
+                         image_ext="jpg")
 
     split = write_shards(samples(), root, "bench", max_count=max(1, n // 4))
     build_word_tokenizer(corpus_words(), root / "tok")

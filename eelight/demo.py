@@ -33,6 +33,12 @@ def prepare() -> None:
     build_backbones(PROBE, BACKBONES)
 
 
+def _chance() -> str:
+    from eelight.data.families import CHANCE
+
+    return ", ".join(f"{family} {p:.0%}" for family, p in CHANCE.items())
+
+
 def main(overrides: list[str] | None = None) -> dict:
     from eelight.training.config import load_run_config
     from eelight.training.run import mlflow_uri, train
@@ -53,8 +59,8 @@ def main(overrides: list[str] | None = None) -> dict:
     from eelight.eval.probe_files import write_probe_benchmarks
 
     write_probe_benchmarks(instruct_cfg.data.val_shards, BENCHMARK_FILES, EVAL_IMAGES)  # ~1 s: always fresh
-    print(f"\n[demo] held-out probe ({EVAL_IMAGES} images x 4 question types, chance 25%) through each "
-          f"benchmark's path ({time.perf_counter() - start:.0f}s so far):", flush=True)
+    print(f"\n[demo] held-out probe ({EVAL_IMAGES} scenes of each family) through each benchmark's path "
+          f"({time.perf_counter() - start:.0f}s so far); chance: {_chance()}", flush=True)
     scores = evaluate(str(instruct_cfg.run_dir), [f"benchmarks=[{','.join(BENCHMARKS)}]",
                                                   f"eval.data_root={BENCHMARK_FILES}", f"data.val_samples={EVAL_IMAGES}"])
     print(f"[demo] {time.perf_counter() - start:.0f}s in all")

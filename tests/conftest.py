@@ -35,14 +35,16 @@ def probe_env(tmp_path_factory):
     from eelight.training.backbones import BackboneConfig, build_backbones
 
     root = tmp_path_factory.mktemp("probe_env")
-    build_probe(str(root / "probe"), n_train=600, n_eval=60, seed=0, shard_size=150)
+    # The attribute family alone: short test runs learn it (the seven-family mixture needs the
+    # study's budget; tests/test_probe_families.py covers every family's generator).
+    build_probe(str(root / "probe"), n_train=600, n_eval=60, seed=0, shard_size=150, families=["attribute"])
     cfg = BackboneConfig(width=64, layers=2, heads=2, lm_steps=150, clip_steps=200, max_samples=600)
     paths = build_backbones(root / "probe", root / "backbones", cfg)
     overrides = [
         f"model.llm.path={paths['llm']}", f"model.vision.path={paths['vision']}",
         f"data.tokenizer={paths['tokenizer']}",
         f"data.train_shards={root}/probe/train-{{000000..000003}}.tar",
-        f"data.val_shards={root}/probe/eval-000000.tar",
+        f"data.val_shards={root}/probe/eval-attribute-000000.tar",
         f"out_dir={root}/runs", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
         "data.batch_size=32", "data.val_samples=40", "data.shuffle=200",
     ]

@@ -38,11 +38,12 @@ def save_tiny_export(folder: Path, preset: str) -> Path:
 
 
 def probe_benchmark_files(root: Path, n_images: int = 6) -> Path:
-    """A small probe's held-out split in the four benchmarks' formats, under root/benchmarks."""
-    from eelight.data.probe import build_probe
+    """A small probe's held-out splits (n_images scenes a family) in the four benchmarks' formats,
+    under root/benchmarks."""
+    from eelight.data.probe import build_probe, eval_shards
     from eelight.eval.probe_files import write_probe_benchmarks
 
     if not (root / "benchmarks" / "docvqa" / "val_v1.0.json").exists():
         build_probe(str(root / "probe"), n_train=4, n_eval=n_images, seed=3, shard_size=100)
-        write_probe_benchmarks(str(root / "probe" / "eval-000000.tar"), root / "benchmarks", n_images)
+        write_probe_benchmarks(eval_shards(str(root / "probe")), root / "benchmarks", n_images)
     return root / "benchmarks"

@@ -153,17 +153,22 @@ def probe(tmp_path_factory):
     return root
 
 
-def test_probe_is_deterministic_and_answers_match_images(probe):
+def test_probe_shards_hold_the_scenes_and_their_answers(probe):
+    import itertools
+
+    from eelight.data.families import scene
+
     assert probe_item(5, 3) == probe_item(5, 3) and probe_item(5, 3) != probe_item(5, 4)
     item = probe_item(0, 3)
     assert np.array_equal(np.asarray(draw(item, 32)), np.asarray(draw(item, 32)))
     ds = wds.DataPipeline(wds.SimpleShardList([str(probe / "train-000000.tar")]), wds.tarfile_to_samples(),
                           wds.decode("pil"))
-    first = next(iter(ds))
-    assert first["txt"] == item.caption()
-    colour = np.asarray(first["png"]).reshape(-1, 3)
-    from eelight.data.probe import COLOURS
-    assert (colour == COLOURS[item.colour]).all(-1).any()  # the caption's colour is drawn
+    first, second = itertools.islice(ds, 2)
+    expected = scene("attribute", 0, 3, 32)  # the families in turn: attribute, small, ...
+    assert first["txt"] == expected.caption
+    assert np.array_equal(np.asarray(first["png"]), np.asarray(expected.image))
+    assert first["json"]["probe"]["family"] == "attribute" and second["json"]["probe"]["family"] == "small"
+    assert {q["answer"] for q in first["json"]["probe"]["questions"]} == {q.answer for q in expected.questions}
 
 
 def test_subset_is_a_prefix_of_a_larger_subset(probe, proc):

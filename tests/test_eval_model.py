@@ -9,6 +9,7 @@ import torch
 from eval_helpers import probe_benchmark_files, save_tiny_export, tiny_export_parts
 
 from eelight.data.image import FastImageTransform
+from eelight.data.probe import eval_shards
 from eelight.data.text import encode, template
 from eelight.eval.mmbench import MMBench
 from eelight.eval.probe import Probe
@@ -26,7 +27,7 @@ def test_answers_do_not_depend_on_batch_size(tmp_path, preset):
     model, tok, processor = tiny_export_parts(tmp_path, preset)
     files = probe_benchmark_files(tmp_path)
     # mixed prompt lengths in one batch: short probe questions and long multiple-choice ones
-    items = Probe(str(tmp_path / "probe" / "eval-000000.tar"), limit=2).load() + \
+    items = Probe(eval_shards(str(tmp_path / "probe")), limit=2).load() + \
         MMBench(str(files / "mmbench" / "MMBench_DEV_EN.tsv"), limit=2).load()
     one = generate_answers(_asker(model, tok, processor, 1), items, "mix")
     eight = generate_answers(_asker(model, tok, processor, 8), items, "mix")
@@ -129,7 +130,7 @@ def test_eval_of_a_run_folder_logs_to_its_mlflow_run(probe_env, tmp_path):
     cfg = load_run_config(["experiments/llava_tiny.yaml"], probe_env["overrides"] + [
         "name=eval_llava", "stage=instruct", "trainer.max_steps=20", "data.val_samples=8"])
     result = train(cfg)
-    assert "probe/accuracy" in result["metrics"] and "probe/accuracy/colour" in result["metrics"]
+    assert "probe/accuracy" in result["metrics"] and "probe/accuracy/attribute" in result["metrics"]
     files = probe_benchmark_files(tmp_path)
     args = ["benchmarks=[probe,mmbench,textvqa]", f"eval.data_root={files}", "eval.limit=3"]
     out = main(str(cfg.run_dir), args)

@@ -74,9 +74,10 @@ def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finish
     assert parent.data.tags["best_trial"] in {"0", "1", "2"} and "best_value" in parent.data.metrics
     assert parent.info.run_name == "weight_reuse-study" and parent.info.status == "FINISHED"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    for name in ("metric_vs_variant.png", "metric_vs_data_size.png", "cost_vs_visual_tokens.png", "summary.md"):
+    for name in ("metric_vs_variant.png", "families.png", "metric_vs_compute.png", "summary.md"):
         assert f"report/{name}" in report
         assert (out / "weight_reuse" / "report" / name).stat().st_size > 1000 or name.endswith(".md")
+    assert "report/metric_vs_data_size.png" not in report  # one data size: no curve to draw
 
 
 def test_export_loads_with_identical_logits_and_registers(finished, probe_env, tmp_path):

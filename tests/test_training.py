@@ -35,11 +35,9 @@ def test_instruct_training_learns_the_probe(probe_env, preset):
                "optim.projector_lr=3e-3", "optim.new_params_lr=3e-3", "optim.warmup_steps=5")
     result = train(cfg)
     losses = _losses(probe_env, result["mlflow_run_id"])
-    # Measured 2026-11-25 (probe v4): loss ratio 0.42 ee_mllm, 0.39 llava, 0.78 flamingo (its
-    # cross-attention starts gated off); accuracy 0.68 / 0.57 / 0.47.
     assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:2]) / 2, losses
-    acc = result["metrics"]["probe/accuracy"]
-    assert acc > 0.4, result["metrics"]  # chance is 0.25 for every question type
+    acc = result["metrics"]["probe/accuracy/attribute"]
+    assert acc > 0.4, result["metrics"]  # chance is 0.25 for each of the attribute family's questions
     assert result["global_step"] == 150
 
 

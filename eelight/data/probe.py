@@ -1,11 +1,12 @@
-"""The synthetic probe: images of coloured shapes with captions and questions.
+"""The synthetic probe: images of coloured shapes and rendered text with captions and
+questions, in task families of increasing visual difficulty (`eelight.data.families`:
+attribute, small, count, relation, compare, reading, document), each with its own
+held-out split and chance level. Captions feed the align stage; conversations of
+questions feed the instruct stage. The vocabulary is a few hundred words, so a tiny
+model on a CPU can learn it. Fully determined by the seed.
 
-An image holds `count` copies (1-4) of one shape in one colour, placed in one
-quadrant. Captions ("two red circles at the top left") feed the align stage;
-conversations of questions about shape, colour, position and count feed the
-instruct stage, with one answer word (or two for the position) each. Every
-question type has 4 answers, so chance is 25%. The vocabulary is a few dozen
-words, so a tiny model on a CPU can learn it. Fully determined by the seed.
+The `attribute` family is the original probe: `count` copies (1-4) of one shape in one
+colour in one quadrant, asked its shape, colour, position and count (4 answers each).
 
 Each question is asked in one of three forms (`FORMS`), the formats `eelight eval`
 asks the benchmarks in (`eelight.eval.prompts`, as LLaVA-1.5's training mixture does):
@@ -44,7 +45,7 @@ QUESTIONS = {
 CHANCE = {kind: 0.25 for kind in QUESTIONS}
 ANSWERS = {"shape": list(SHAPES), "colour": sorted(COLOURS), "position": sorted(POSITIONS), "count": list(NUMBERS)}
 FORMS = ("plain", "short", "choice")
-VERSION = 4  # bump when what the generator writes changes: cached probes and backbones are rebuilt
+VERSION = 6  # bump when what the generator writes changes: cached probes and backbones are rebuilt
 
 
 @dataclass(frozen=True)
@@ -63,34 +64,28 @@ class ProbeItem:
         noun = self.shape if self.count == 1 else PLURAL[self.shape]
         return f"{NUMBERS[self.count - 1]} {self.colour} {noun} at the {self.position}"
 
-    def ask(self, kind: str, form: str, rng: random.Random) -> tuple[str, str]:
-        """(question, answer) for one question type in one of `FORMS`."""
-        from eelight.eval.prompts import LETTERS, multiple_choice, short_answer
-
-        if form == "plain":
-            return QUESTIONS[kind], self.answer(kind)
-        if form == "short":
-            return short_answer(QUESTIONS[kind]), self.answer(kind)
-        options = dict(zip(LETTERS, rng.sample(ANSWERS[kind], len(LETTERS)), strict=True))
-        return multiple_choice(QUESTIONS[kind], options), self.answer(kind)
-
-    def conversation(self, n_turns: int = 2) -> list[dict[str, str]]:
-        """LLaVA-style turns, each in a random form; the image marker opens the first question."""
-        rng = random.Random(self.seed + 1)
-        turns = []
-        for i, kind in enumerate(rng.sample(sorted(QUESTIONS), n_turns)):
-            question, answer = self.ask(kind, rng.choice(FORMS), rng)
-            turns += [{"from": "human", "value": question if i else "<image>\n" + question},
-                      {"from": "gpt", "value": answer}]
-        return turns
-
-
 def probe_item(index: int, seed: int) -> ProbeItem:
     rng = random.Random(seed * 1_000_003 + index)
     return ProbeItem(
         shape=rng.choice(SHAPES), colour=rng.choice(sorted(COLOURS)), position=rng.choice(sorted(POSITIONS)),
         count=rng.randint(1, 4), seed=rng.randrange(1 << 30),
     )
+
+
+def shape(pen: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
+    """One filled shape inside the square box (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    r = x1 - x0
+    if kind == "circle":
+        pen.ellipse(box, fill=colour)
+    elif kind == "square":
+        pen.rectangle(box, fill=colour)
+    elif kind == "triangle":
+        pen.polygon([(x0 + r // 2, y0), (x0, y1), (x1, y1)], fill=colour)
+    else:  # cross
+        w = max(r // 4, 1)
+        pen.rectangle((x0 + r // 2 - w, y0, x0 + r // 2 + w, y1), fill=colour)
+        pen.rectangle((x0, y0 + r // 2 - w, x1, y0 + r // 2 + w), fill=colour)
 
 
 def draw(item: ProbeItem, size: int = 64) -> Image.Image:
@@ -104,53 +99,63 @@ def draw(item: ProbeItem, size: int = 64) -> Image.Image:
         x0 = (qx * 2 + c % 2) * cell + rng.randint(0, max(cell // 8, 1))
         y0 = (qy * 2 + c // 2) * cell + rng.randint(0, max(cell // 8, 1))
         r = int(cell * 0.8)
-        box = (x0, y0, x0 + r, y0 + r)
-        colour = COLOURS[item.colour]
-        if item.shape == "circle":
-            pen.ellipse(box, fill=colour)
-        elif item.shape == "square":
-            pen.rectangle(box, fill=colour)
-        elif item.shape == "triangle":
-            pen.polygon([(x0 + r // 2, y0), (x0, y0 + r), (x0 + r, y0 + r)], fill=colour)
-        else:
-            w = max(r // 4, 1)
-            pen.rectangle((x0 + r // 2 - w, y0, x0 + r // 2 + w, y0 + r), fill=colour)
-            pen.rectangle((x0, y0 + r // 2 - w, x0 + r, y0 + r // 2 + w), fill=colour)
+        shape(pen, item.shape, (x0, y0, x0 + r, y0 + r), COLOURS[item.colour])
     return image
 
 
 def corpus_words() -> list[str]:
     """Every word a caption, question or answer can use (for the word-level tokenizer)."""
+    from eelight.data.families import family_words
     from eelight.eval.prompts import words as prompt_words
 
     words = set(SHAPES) | set(PLURAL.values()) | set(COLOURS) | set(NUMBERS) | {"at", "the"} | set(prompt_words())
     for text in list(QUESTIONS.values()) + list(POSITIONS):
         words |= set(text.split())
-    return sorted(words)
+    return sorted(words | set(family_words()))
+
+
+def eval_shards(root: str, families: list[str] | tuple[str, ...] | None = None) -> str:
+    """The held-out shards of the families (one split each), as one brace pattern."""
+    from eelight.data.families import FAMILIES
+
+    names = list(families or FAMILIES)
+    return f"{root}/eval-{{{','.join(names)}}}-000000.tar" if len(names) > 1 else f"{root}/eval-{names[0]}-000000.tar"
 
 
 def build_probe(out_dir: str, n_train: int, n_eval: int, seed: int = 0, image_size: int = 64,
-                shard_size: int = 1000) -> dict:
-    """Train and held-out eval shards (each sample has a caption and a conversation),
-    the word-level tokenizer under `out_dir/tokenizer`, and the manifest."""
+                shard_size: int = 1000, families: list[str] | tuple[str, ...] | None = None) -> dict:
+    """Train shards (the families in turn) and one held-out split per family (`n_eval` scenes
+    each, `eval-<family>-000000.tar`), the word-level tokenizer under `out_dir/tokenizer`, and
+    the manifest. Each sample has a caption, a conversation and its questions' answers."""
+    from dataclasses import asdict
     from pathlib import Path
 
+    from eelight.data.families import FAMILIES, conversation, scene
     from eelight.data.shards import Sample, write_shards
     from eelight.data.tokenizer import build_word_tokenizer
 
-    def samples(split: str, n: int, split_seed: int):
+    names = list(families or FAMILIES)
+    unknown = sorted(set(names) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown probe families {unknown}; choose from {list(FAMILIES)}")
+
+    def samples(split: str, fams: list[str], n: int, split_seed: int):
         for i in range(n):
-            item = probe_item(i, split_seed)
-            yield Sample(key=f"{split}{i:07d}", image=draw(item, image_size), caption=item.caption(),
-                         conversations=item.conversation(),
-                         meta={"probe": {k: item.answer(k) for k in QUESTIONS}})
+            family = fams[i % len(fams)]
+            s = scene(family, i // len(fams), split_seed, image_size)
+            turns = conversation(s, random.Random(f"turns:{split_seed}:{i}"))
+            yield Sample(key=f"{split}{i:07d}", image=s.image, caption=s.caption, conversations=turns,
+                         meta={"probe": {"family": family, "questions": [asdict(q) for q in s.questions]}})
 
     out = Path(out_dir)
-    train = write_shards(samples("train", n_train, seed), out, "train", max_count=shard_size)
-    evals = write_shards(samples("eval", n_eval, seed + 7919), out, "eval", max_count=shard_size)
+    splits = {"train": write_shards(samples("train", names, n_train, seed), out, "train", max_count=shard_size)}
+    for family in names:  # one shard each: n_eval must fit in shard_size
+        splits[f"eval-{family}"] = write_shards(samples(f"eval-{family}", [family], n_eval, seed + 7919), out,
+                                                f"eval-{family}", max_count=max(shard_size, n_eval))
     build_word_tokenizer(corpus_words(), out / "tokenizer")
-    (out / "probe.json").write_text(json.dumps({"version": VERSION, "seed": seed, "image_size": image_size}))
-    return {"train": train, "eval": evals}
+    (out / "probe.json").write_text(json.dumps({"version": VERSION, "seed": seed, "image_size": image_size,
+                                                "families": names}))
+    return splits
 
 
 def probe_version(out_dir: str) -> int | None:

@@ -1,51 +1,54 @@
-"""The synthetic probe as a benchmark: four plain questions (shape, colour, position, count)
-about each of the first `limit` held-out probe images (webdataset shards), answered by
-greedy generation and scored by exact match of the answer words. Chance is 25% per type.
-(`data_pipelines/probe_benchmarks.py` writes the same held-out images in the four
-benchmarks' formats, to score a probe model through their paths.)
+"""The synthetic probe as a benchmark: each held-out scene's questions asked in plain form
+(webdataset shards, one split per family), answered by greedy generation and scored by exact
+match of the answer words; accuracy overall and per family. `limit` counts scenes per family.
+(`data_pipelines/probe_benchmarks.py` writes the same held-out scenes in the four benchmarks'
+formats, to score a probe model through their paths.)
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
-from eelight.data.probe import CHANCE, QUESTIONS
 from eelight.eval.base import BenchmarkError, Evaluator, Item, Scored
 
-KINDS = sorted(QUESTIONS)
+
+def probe_scenes(urls: str, limit: int | None = None):
+    """(key, image bytes, family, questions) of the first `limit` scenes of each family."""
+    import webdataset as wds
+
+    from eelight.data.loader import expand_urls
+
+    taken: Counter[str] = Counter()
+    for sample in wds.DataPipeline(wds.SimpleShardList(expand_urls(urls)), wds.tarfile_to_samples()):
+        source = f"{sample['__url__']}, key {sample['__key__']}"
+        try:
+            meta = json.loads(sample["json"])["probe"]
+            family, questions = meta["family"], meta["questions"]
+        except (KeyError, ValueError, TypeError) as exn:
+            raise BenchmarkError(f"probe: {source} has no probe questions: not a probe eval shard of this version "
+                                 "(rebuild with data_pipelines/synthetic_probe.py, or point data.val_shards / "
+                                 "eval.probe.file at its eval shards)") from exn
+        if limit is not None and taken[family] >= limit:
+            continue
+        image = next((sample[e] for e in ("png", "jpg") if e in sample), None)
+        if image is None:
+            raise BenchmarkError(f"probe: {source} has no png/jpg image")
+        taken[family] += 1
+        yield sample["__key__"], image, family, questions, source
 
 
 class Probe(Evaluator):
     name = "probe"
-    chance = sum(CHANCE.values()) / len(CHANCE)
 
     def load(self) -> list[Item]:
-        """`limit` counts images here (4 questions each)."""
-        import webdataset as wds
-
-        from eelight.data.loader import expand_urls
-
-        urls = expand_urls(self.file)
         items: list[Item] = []
-        images = 0
-        for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
-            if self.limit is not None and images >= self.limit:
-                break
-            source = f"{sample['__url__']}, key {sample['__key__']}"
-            try:
-                answers = json.loads(sample["json"])["probe"]
-            except (KeyError, ValueError) as exn:
-                raise BenchmarkError(f"probe: {source} has no probe answers: not a probe eval shard "
-                                     "(point eval.probe.file / data.val_shards at the probe's eval shards)") from exn
-            image = next((sample[e] for e in ("png", "jpg") if e in sample), None)
-            if image is None:
-                raise BenchmarkError(f"probe: {source} has no png/jpg image")
-            images += 1
-            for kind in KINDS:
-                items.append(Item(qid=f"{sample['__key__']}/{kind}", question=QUESTIONS[kind], category=kind,
-                                  gold=answers[kind], image_bytes=image, plain_question=QUESTIONS[kind],
-                                  source=source, row={"key": sample["__key__"], "kind": kind,
-                                                      "question": QUESTIONS[kind], "answer": answers[kind]}))
+        for key, image, family, questions, source in probe_scenes(self.file, self.limit):
+            for q in questions:
+                items.append(Item(qid=f"{key}/{q['kind']}", question=q["text"], category=family, gold=q["answer"],
+                                  image_bytes=image, plain_question=q["text"], source=source,
+                                  row={"key": key, "family": family, "kind": q["kind"], "question": q["text"],
+                                       "answer": q["answer"]}))
         if not items:
             raise BenchmarkError(f"probe: {self.file} has no samples")
         return items

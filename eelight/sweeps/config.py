@@ -5,11 +5,13 @@
     stages: [align, instruct]                         # each trial runs these in order
     stage_configs: {instruct: [experiments/stages/instruct.yaml]}
     overrides: [trainer.max_steps=100]                # every trial, every stage
+    stage_overrides: {instruct: [trainer.max_steps=300]}   # one stage (after `overrides`)
     space:
       model.aligner: {type: grid, values: [reuse, fresh, none]}    # variant axes: grid
       optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true} # sampled (TPE)
     seeds: [0, 1, 2]                                  # repeats: a grid axis
     data_sizes: [500, 1000]                           # data.subset: a grid axis
+    reference: "model.aligner=reuse"                  # report: paired differences against it
     objective: {metric: probe/accuracy, direction: maximize}   # any evaluator metric, e.g.
                                                   # textvqa/accuracy with eval.benchmarks=[textvqa]
 
@@ -55,6 +57,7 @@ class SweepConfig:
     stage_configs: dict[str, list[str]] = field(
         default_factory=lambda: {"instruct": ["experiments/stages/instruct.yaml"]})
     overrides: list[str] = field(default_factory=list)
+    stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage, after `overrides`
     space: dict[str, Distribution] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     data_sizes: list[int] | None = None  # None: the full training set
@@ -63,6 +66,7 @@ class SweepConfig:
     sampler: str = "tpe"
     pruner: str = "none"
     storage: str | None = None  # Optuna RDB URL; None: sqlite file under out_dir/<name>/
+    reference: str | None = None  # the variant paired differences are taken against (None: the first)
     out_dir: str = "sweeps_out"
 
     def grid_axes(self) -> dict[str, list[Any]]:
@@ -118,7 +122,8 @@ def _check(sweep: SweepConfig) -> None:
                 values = [int(v) for v in values]
             for value in values:
                 try:
-                    load_run_config(yamls, sweep.overrides + [f"stage={stage}", f"{key}={value}"])
+                    load_run_config(yamls, sweep.overrides + sweep.stage_overrides.get(stage, [])
+                                    + [f"stage={stage}", f"{key}={value}"])
                 except ConfigError as exn:
                     raise ConfigError(f"sweep space {key!r} value {value!r}: {exn}") from exn
 
@@ -131,7 +136,8 @@ def _check_objective(sweep: SweepConfig) -> None:
     if bench not in BENCHMARKS:
         return
     last = sweep.stages[-1]
-    cfg = load_run_config(sweep.experiment + sweep.stage_configs.get(last, []), sweep.overrides + [f"stage={last}"])
+    cfg = load_run_config(sweep.experiment + sweep.stage_configs.get(last, []),
+                          sweep.overrides + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
     if bench not in cfg.eval.benchmarks:
         raise ConfigError(f"sweep objective {sweep.objective.metric!r} needs benchmark {bench!r} scored after the "
                           f"{last} stage; add eval.benchmarks=[{','.join([*cfg.eval.benchmarks, bench])}] to "
@@ -154,5 +160,7 @@ def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> 
                           else f"sweep file {path}: {_one_line(exn)}") from exn
     assert isinstance(sweep, SweepConfig)
     sweep.overrides = list(sweep.overrides) + list(extra_overrides)
+    # the command line's overrides win over a stage's own too (`make sweep ARGS=trainer.max_steps=5`)
+    sweep.stage_overrides = {k: list(v) + list(extra_overrides) for k, v in sweep.stage_overrides.items()}
     _check(sweep)
     return sweep

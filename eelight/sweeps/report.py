@@ -1,23 +1,29 @@
-"""Sweep report: a table (CSV + Markdown) and PNG plots written to
-`sweeps_out/<name>/report/` and logged to the study's parent MLflow run.
+"""Sweep report: tables (CSV + Markdown) and PNG plots written to `sweeps_out/<name>/report/`
+and logged to the study's parent MLflow run. Statistics in `eelight.sweeps.stats`: means with
+95% Student-t intervals over seeds, paired differences against a reference variant (same seed
+and data size), and the smallest difference the study can detect at its seed count.
 
-- `metric_vs_variant.png`: the objective per variant (mean ± std over seeds);
-- `metric_vs_data_size.png`: the objective against data size, one line per variant
-  (the data-efficiency curve);
-- `cost_vs_visual_tokens.png`: training cost (samples/s, forward GFLOPs per sample)
-  against visual tokens, per variant.
-A variant is a trial's grid parameters without the seed and data size.
+A variant is a trial's grid parameters without the seed and data size. Figures are drawn only
+where the sweep supports them, with chance (dashed) and ceiling (dotted) marked and accuracy
+axes from 0 to 1:
+- `metric_vs_variant.png`: the objective per variant at the largest data size (95% interval);
+- `metric_vs_data_size.png`: the data-efficiency curve, one line and band per variant (only
+  with 2 or more data sizes);
+- `families.png` / `paired_differences.png`: per category of the objective's benchmark (the
+  probe's task families), the score and the difference from the reference variant;
+- `metric_vs_compute.png`: the objective against training FLOPs (deterministic, counted with
+  the FLOP counter) and, beside it, the wall-clock the trial took in this sweep (contended
+  machines make that panel noisy; the FLOPs panel is the comparison).
 """
 
 from __future__ import annotations
 
 import csv
-import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from eelight.sweeps.config import SweepConfig
+from eelight.sweeps.stats import Interval, detectable, paired, pooled_sd, t_interval
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -27,73 +33,210 @@ def trial_rows(study) -> list[dict[str, Any]]:
             continue
         point = t.user_attrs.get("point", {})
         variant = ", ".join(f"{k}={v}" for k, v in point.items() if k not in ("seed", "data_size", "repeat"))
+        a = t.user_attrs
         rows.append({
             "trial": t.number, "state": t.state.name, "variant": variant or "base",
             "seed": point.get("seed"), "data_size": point.get("data_size") or "all",
-            "objective": t.value, "samples_per_s": t.user_attrs.get("samples_per_s"),
-            "gflops_per_sample": (t.user_attrs["flops_per_sample"] / 1e9) if "flops_per_sample" in t.user_attrs else None,
-            "visual_tokens": t.user_attrs.get("visual_tokens"),
+            "objective": t.value, "samples_per_s": a.get("samples_per_s"),
+            "gflops_per_sample": (a["flops_per_sample"] / 1e9) if "flops_per_sample" in a else None,
+            "train_pflops": (a["train_flops"] / 1e15) if "train_flops" in a else None,
+            "train_seconds": a.get("train_seconds"), "visual_tokens": a.get("visual_tokens"),
             **{f"param.{k}": v for k, v in t.params.items() if k not in ("seed", "data_size")},
-            **{f"metric.{k}": v for k, v in t.user_attrs.get("metrics", {}).items()},  # every benchmark scored
+            **{f"metric.{k}": v for k, v in a.get("metrics", {}).items()},  # every benchmark scored
         })
     return rows
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _size_key(size: Any) -> float:
+    return float("inf") if size == "all" else float(size)
 
 
-def _plots(rows: list[dict[str, Any]], metric: str, out: Path) -> list[Path]:
+class Study:
+    """The complete trials of a sweep, grouped for the statistics."""
+
+    def __init__(self, rows: list[dict[str, Any]], metric: str, reference: str | None = None) -> None:
+        self.rows = [r for r in rows if r["state"] == "COMPLETE"]
+        self.metric = metric
+        self.variants = sorted({r["variant"] for r in self.rows})
+        self.sizes = sorted({r["data_size"] for r in self.rows}, key=_size_key)
+        self.reference = reference if reference in self.variants else (self.variants[0] if self.variants else None)
+        prefix = metric + "/"
+        self.categories = sorted({k.removeprefix("metric." + prefix) for r in self.rows for k in r
+                                  if k.startswith("metric." + prefix) and k.count("/") == metric.count("/") + 1})
+
+    def values(self, variant: str, size: Any, category: str | None = None) -> dict[int, float]:
+        key = "objective" if category is None else f"metric.{self.metric}/{category}"
+        return {r["seed"]: float(r[key]) for r in self.rows
+                if r["variant"] == variant and r["data_size"] == size and r.get(key) not in (None, "")}
+
+    def interval(self, variant: str, size: Any, category: str | None = None) -> Interval | None:
+        v = self.values(variant, size, category)
+        return t_interval(list(v.values())) if v else None
+
+    def difference(self, variant: str, size: Any, category: str | None = None) -> Interval | None:
+        return paired(self.values(variant, size, category), self.values(self.reference, size, category))
+
+
+def _chance(metric: str) -> tuple[dict[str, float], float | None]:
+    from eelight.data.families import chance_for
+
+    return chance_for(metric.split("/")[0])
+
+
+def _fmt(i: Interval | None, signed: bool = False) -> str:
+    if i is None:
+        return "–"
+    sign = "+" if signed else ""
+    if i.low is None:
+        return f"{i.mean:{sign}.3f} (1 seed)"
+    return f"{i.mean:{sign}.3f} [{i.low:{sign}.3f}, {i.high:{sign}.3f}]"
+
+
+def markdown(study: Study, sweep: SweepConfig) -> str:
+    per_chance, chance = _chance(study.metric)
+    largest = study.sizes[-1]
+    lines = [f"# Sweep {sweep.name}", "", f"Objective: `{study.metric}` ({sweep.objective.direction}); "
+             f"{len(study.rows)} complete trials; intervals are 95% Student-t over seeds "
+             f"(mean [low, high]); differences are paired by seed against `{study.reference}`."]
+    if chance is not None:
+        lines.append(f"Chance (a uniform random guesser): {chance:.3f} overall.")
+    lines += ["", "## Objective per variant and data size", "",
+              "| variant | data size | seeds | mean [95% CI] | vs reference, paired [95% CI] | GFLOPs/sample | "
+              "training PFLOPs |", "|---|---|---|---|---|---|---|"]
+    for v in study.variants:
+        for size in study.sizes:
+            i = study.interval(v, size)
+            if i is None:
+                continue
+            rows = [r for r in study.rows if r["variant"] == v and r["data_size"] == size]
+            gf, pf = rows[0]["gflops_per_sample"], rows[0]["train_pflops"]
+            diff = "reference" if v == study.reference else _fmt(study.difference(v, size), signed=True)
+            lines.append(f"| {v} | {size} | {i.n} | {_fmt(i)} | {diff} | "
+                         f"{'–' if gf is None else f'{gf:.4f}'} | {'–' if pf is None else f'{pf:.3f}'} |")
+    if study.categories:
+        lines += ["", f"## Per category at the largest data size ({largest})", "",
+                  "| category | chance | " + " | ".join(study.variants) + " |",
+                  "|---|---|" + "---|" * len(study.variants)]
+        for c in study.categories:
+            cells = []
+            for v in study.variants:
+                i, d = study.interval(v, largest, c), study.difference(v, largest, c)
+                cells.append(_fmt(i) + ("" if v == study.reference or d is None else f"; Δ {_fmt(d, True)}"))
+            ch = per_chance.get(c)
+            lines.append(f"| {c} | {'–' if ch is None else f'{ch:.3f}'} | " + " | ".join(cells) + " |")
+    lines += ["", "## What the study can detect", ""]
+    for size in study.sizes:
+        diffs = [d for v in study.variants if v != study.reference and (d := study.difference(v, size))]
+        sd = pooled_sd(diffs)
+        n = min((d.n for d in diffs), default=0)
+        mdd = detectable(sd, n) if sd is not None else None
+        lines.append(f"- data size {size}: " + (
+            f"pooled SD of paired differences {sd:.3f} over {n} seeds -> smallest difference detectable "
+            f"(paired t-test, alpha 0.05, power 0.8): {mdd:.3f}" if mdd is not None
+            else "fewer than 2 seeds per comparison: no interval, nothing can be claimed"))
+    other = [r for r in study.rows if r["state"] != "COMPLETE"]
+    if other:
+        lines += ["", "Not complete: " + ", ".join(f"trial {r['trial']} {r['state']}" for r in other)]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(study: Study, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["state"] == "COMPLETE"]
-    by_variant: dict[str, list[dict]] = defaultdict(list)
-    for r in done:
-        by_variant[r["variant"]].append(r)
-    variants = sorted(by_variant)
+    per_chance, chance = _chance(study.metric)
+    largest = study.sizes[-1]
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(study.variants)}
     paths = []
 
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(variants)), 4))
-    stats = [_mean_std([r["objective"] for r in by_variant[v]]) for v in variants]
-    ax.bar(range(len(variants)), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="#4c72b0")
-    ax.set_xticks(range(len(variants)), [v.replace(", ", "\n") for v in variants], fontsize=8)
-    ax.set_ylabel(metric)
-    ax.set_title("objective per variant (mean ± std over seeds)")
+    def frame(ax, ylabel: str, chance_value: float | None) -> None:
+        ax.set_ylim(0, 1.02)
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="ceiling")
+        if chance_value is not None:
+            ax.axhline(chance_value, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_ylabel(ylabel)
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(study.variants)), 4))
+    for x, v in enumerate(study.variants):
+        i = study.interval(v, largest)
+        if i is None:
+            continue
+        err = None if i.low is None else [[i.mean - i.low], [i.high - i.mean]]
+        ax.bar(x, i.mean, yerr=err, capsize=4, color=colours[v])
+        ax.scatter([x] * len(study.values(v, largest)), list(study.values(v, largest).values()), color="k", s=8, zorder=3)
+    frame(ax, study.metric, chance)
+    ax.set_xticks(range(len(study.variants)), [v.replace(", ", "\n") for v in study.variants], fontsize=7)
+    seeds = max((len(study.values(v, largest)) for v in study.variants), default=0)
+    ax.set_title(f"data size {largest}: mean, 95% t-interval over {seeds} seeds (dots: seeds)" if seeds > 1
+                 else f"data size {largest}: one seed, no interval", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
     paths.append(_save(fig, out / "metric_vs_variant.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for v in variants:
-        sizes: dict[Any, list[float]] = defaultdict(list)
-        for r in by_variant[v]:
-            sizes[r["data_size"]].append(r["objective"])
-        xs = sorted(sizes, key=lambda s: float("inf") if s == "all" else s)
-        numeric = [s for s in xs if s != "all"]
-        if numeric:
-            means = [_mean_std(sizes[s]) for s in numeric]
-            ax.errorbar(numeric, [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3, label=v)
-    ax.set_xlabel("training samples (data.subset)")
-    ax.set_ylabel(metric)
-    ax.set_title("data efficiency")
-    if ax.lines:
+    numeric = [s for s in study.sizes if s != "all"]
+    if len(numeric) >= 2:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for v in study.variants:
+            stats = [(s, study.interval(v, s)) for s in numeric]
+            stats = [(s, i) for s, i in stats if i is not None]
+            ax.plot([s for s, _ in stats], [i.mean for _, i in stats], marker="o", color=colours[v], label=v)
+            band = [(s, i) for s, i in stats if i.low is not None]
+            if band:
+                ax.fill_between([s for s, _ in band], [i.low for _, i in band], [i.high for _, i in band],
+                                color=colours[v], alpha=0.15)
+        frame(ax, study.metric, chance)
         ax.set_xscale("log")
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "one data size only", ha="center", va="center", transform=ax.transAxes)
-    paths.append(_save(fig, out / "metric_vs_data_size.png"))
+        ax.set_xlabel("training samples (data.subset)")
+        ax.set_title("data efficiency: mean and 95% t-band over seeds", fontsize=9)
+        ax.legend(fontsize=6)
+        paths.append(_save(fig, out / "metric_vs_data_size.png"))
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for v in variants:
-        rs = [r for r in by_variant[v] if r["visual_tokens"] is not None]
-        if rs:
-            a1.scatter([r["visual_tokens"] for r in rs], [r["samples_per_s"] or 0 for r in rs], label=v)
-            a2.scatter([r["visual_tokens"] for r in rs], [r["gflops_per_sample"] for r in rs], label=v)
-    a1.set(xlabel="visual tokens", ylabel="training samples/s", title="throughput")
-    a2.set(xlabel="visual tokens", ylabel="forward GFLOPs / sample", title="compute")
-    a2.legend(fontsize=7)
-    paths.append(_save(fig, out / "cost_vs_visual_tokens.png"))
+    if study.categories:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+        width = 0.8 / max(len(study.variants), 1)
+        for k, v in enumerate(study.variants):
+            xs = [c + k * width for c in range(len(study.categories))]
+            ints = [study.interval(v, largest, c) for c in study.categories]
+            means = [i.mean if i else 0 for i in ints]
+            errs = [[0 if not i or i.low is None else i.mean - i.low for i in ints],
+                    [0 if not i or i.low is None else i.high - i.mean for i in ints]]
+            a1.bar(xs, means, width, yerr=errs, capsize=2, color=colours[v], label=v)
+            if v != study.reference:
+                diffs = [study.difference(v, largest, c) for c in study.categories]
+                a2.errorbar(xs, [d.mean if d else 0 for d in diffs],
+                            yerr=[[0 if not d or d.low is None else d.mean - d.low for d in diffs],
+                                  [0 if not d or d.low is None else d.high - d.mean for d in diffs]],
+                            fmt="o", capsize=3, color=colours[v], label=v)
+        for c, name in enumerate(study.categories):
+            if name in per_chance:
+                a1.hlines(per_chance[name], c - 0.1, c + 0.9, colors="grey", linestyles="--", linewidth=1)
+        frame(a1, study.metric, None)
+        ticks = [c + 0.4 - width / 2 for c in range(len(study.categories))]
+        a1.set_xticks(ticks, study.categories, fontsize=8)
+        a1.set_title(f"per category at data size {largest} (dashed: chance)", fontsize=9)
+        a1.legend(fontsize=6)
+        a2.axhline(0, color="k", linewidth=1)
+        a2.set_xticks(ticks, study.categories, fontsize=8)
+        a2.set_ylabel(f"difference from {study.reference}")
+        a2.set_title("paired difference by seed, 95% t-interval", fontsize=9)
+        a2.legend(fontsize=6)
+        paths.append(_save(fig, out / "families.png"))
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for v in study.variants:
+        rs = [r for r in study.rows if r["variant"] == v and r["train_pflops"] is not None]
+        a1.scatter([r["train_pflops"] for r in rs], [r["objective"] for r in rs], color=colours[v], label=v, s=14)
+        a2.scatter([r["train_seconds"] for r in rs], [r["objective"] for r in rs], color=colours[v], s=14)
+    frame(a1, study.metric, chance)
+    frame(a2, study.metric, chance)
+    a1.set_xlabel("training PFLOPs (3 x forward FLOPs x samples; FLOP counter)")
+    a1.set_xlim(left=0)
+    a2.set_xlabel("trial wall-clock in this sweep, s (contention-sensitive)")
+    a2.set_xlim(left=0)
+    a1.set_title("accuracy vs training compute", fontsize=9)
+    a1.legend(fontsize=6)
+    paths.append(_save(fig, out / "metric_vs_compute.png"))
     return paths
 
 
@@ -106,28 +249,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _markdown(rows: list[dict[str, Any]], metric: str) -> str:
-    done = [r for r in rows if r["state"] == "COMPLETE"]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in done:
-        groups[(r["variant"], r["data_size"])].append(r)
-    lines = [f"| variant | data size | trials | {metric} (mean ± std) | samples/s | GFLOPs/sample |",
-             "|---|---|---|---|---|---|"]
-    for (variant, size), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        m, s = _mean_std([r["objective"] for r in rs])
-        sps = [r["samples_per_s"] for r in rs if r["samples_per_s"]]
-        gf = rs[0]["gflops_per_sample"]
-        lines.append(f"| {variant} | {size} | {len(rs)} | {m:.3f} ± {s:.3f} | "
-                     f"{statistics.fmean(sps):.0f} | {gf:.4f} |" if sps else
-                     f"| {variant} | {size} | {len(rs)} | {m:.3f} ± {s:.3f} | – | {gf:.4f} |")
-    other = [r for r in rows if r["state"] != "COMPLETE"]
-    if other:
-        lines += ["", "Not complete: " + ", ".join(f"trial {r['trial']} {r['state']}" for r in other)]
-    return "\n".join(lines) + "\n"
-
-
 def write_report(sweep: SweepConfig, study=None) -> Path:
-    """Write the table and plots for the sweep's study; log them to its parent run."""
+    """Write the tables and plots for the sweep's study; log them to its parent run."""
     import optuna
 
     from eelight.sweeps.runner import storage_url
@@ -139,14 +262,16 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         raise ValueError(f"study {sweep.name!r} has no complete trial yet: nothing to report")
     out = Path(sweep.out_dir, sweep.name, "report")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):  # a figure the sweep no longer supports must not linger
+        old.unlink()
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith(("param.", "metric.")), k))
     with open(out / "trials.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.md").write_text(f"# Sweep {sweep.name}\n\nObjective: {sweep.objective.metric} "
-                                    f"({sweep.objective.direction})\n\n" + _markdown(rows, sweep.objective.metric))
-    paths = [out / "trials.csv", out / "summary.md", *_plots(rows, sweep.objective.metric, out)]
+    analysed = Study(rows, sweep.objective.metric, sweep.reference)
+    (out / "summary.md").write_text(markdown(analysed, sweep))
+    paths = [out / "trials.csv", out / "summary.md", *_plots(analysed, out)]
     client, _ = sweep_client(sweep)
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:

@@ -3,6 +3,7 @@ MLflow run, pruned through an Optuna pruner fed by the validation metric."""
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Any
 
@@ -70,7 +71,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
         f"out_dir={sweep.out_dir}/{sweep.name}/runs", f"name={name}", f"mlflow.experiment={sweep.name}"]
     last = sweep.stages[-1]
     yamls = {s: sweep.experiment + sweep.stage_configs.get(s, []) for s in sweep.stages}
-    final_cfg = load_run_config(yamls[last], base + [f"stage={last}"])
+    final_cfg = load_run_config(yamls[last], base + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
     client, exp_id = sweep_client(sweep)
     run_id = client.create_run(exp_id, run_name=name, tags={
         "mlflow.parentRunId": parent_run_id, "sweep": sweep.name, "optuna.trial": str(trial.number),
@@ -78,21 +79,26 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     trial.set_user_attr("mlflow_run_id", run_id)
     _log_params(client, run_id, {**flat_params(final_cfg), **{f"trial.{k}": v for k, v in trial.params.items()}})
     try:
-        init_from, result = None, {}
+        init_from, result, samples, start = None, {}, 0, time.perf_counter()
         for stage in sweep.stages:
-            cfg = load_run_config(yamls[stage], base + [f"stage={stage}", f"mlflow.run_id={run_id}",
-                                                         f"mlflow.prefix={stage}"]
+            cfg = load_run_config(yamls[stage], base + sweep.stage_overrides.get(stage, [])
+                                  + [f"stage={stage}", f"mlflow.run_id={run_id}", f"mlflow.prefix={stage}"]
                                   + ([f"init_from={init_from}"] if init_from else []))
             pruning = [OptunaPruning(trial, sweep.objective.metric)] if stage == last else []
             result = train(cfg, pruning)
             init_from = result["checkpoint"]
+            samples += (result["global_step"] - result["resumed_from_step"]) * cfg.data.batch_size * \
+                cfg.trainer.accumulate_grad_batches * result["world_size"]
         if sweep.objective.metric not in result["metrics"]:
             raise KeyError(f"objective metric {sweep.objective.metric!r} was not logged; "
                            f"validation logged {sorted(result['metrics'])}")
         value = result["metrics"][sweep.objective.metric]
         flops, n_visual = forward_cost(final_cfg.model, final_cfg.data.max_length)
+        # Training compute, deterministic: forward FLOPs per sample x 3 (forward + backward) x
+        # the samples the stages trained on (frozen parts' backward is counted too: an upper bound).
         attrs = {"checkpoint": init_from, "samples_per_s": result.get("samples_per_s"), "flops_per_sample": flops,
-                 "visual_tokens": n_visual, "metrics": result["metrics"]}
+                 "visual_tokens": n_visual, "metrics": result["metrics"], "train_samples": samples,
+                 "train_flops": 3 * flops * samples, "train_seconds": time.perf_counter() - start}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         client.log_metric(run_id, "objective", value)

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     train_shards: str = "data/probe/train-{000000..000003}.tar"
-    val_shards: str | None = "data/probe/eval-000000.tar"
+    val_shards: str | None = "data/probe/eval-{attribute,small,count,relation,compare,reading,document}-000000.tar"
     tokenizer: str = "data/probe/tokenizer"
     template: str = "probe"
     image_placement: str = "marker"  # the visual tokens where `<image>` stands (none: first) | start: always first

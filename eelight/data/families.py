@@ -1,0 +1,268 @@
+"""The graded probe's task families: scenes of increasing visual difficulty, each with its
+questions, its answer space and its chance level (DESIGN §6).
+
+| family | scene | question | answers (chance) |
+|---|---|---|---|
+| attribute | 1-4 copies of one shape, one colour, one quadrant | shape / colour / position / count | 4 each (1/4) |
+| small | 3 large shapes and 1 small one (one patch wide), 4 distinct colours | shape of the small one | 4 (1/4) |
+| count | 1-9 small shapes on a 3x3 grid | how many | 9 (1/9) |
+| relation | two shapes of two colours in a 3x3 grid | is the red shape left of / right of / above / below the blue one | yes, no (1/2) |
+| compare | a large and a small shape | which is larger | the 2 shapes (1/2) |
+| reading | a rendered digit | what digit is written | 10 (1/10) |
+| document | a 2-row key: value table of digits | what is the <key> | 10 (1/10) |
+
+Each scene records what was drawn (`facts`: object boxes, colours, text), so tests recompute
+every answer independently (from the pixels where they can). Everything is fixed by the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from eelight.data.probe import COLOURS, NUMBERS, PLURAL, SHAPES, probe_item, shape
+from eelight.data.probe import draw as draw_attribute
+
+BACKGROUND = (245, 245, 245)
+NUMBERS9 = (*NUMBERS, "five", "six", "seven", "eight", "nine")
+DIGITS = tuple(str(n) for n in range(10))
+KEYS = ("age", "room", "code", "page", "size", "year")
+RELATIONS = ("left of", "right of", "above", "below")
+FAMILIES = ("attribute", "small", "count", "relation", "compare", "reading", "document")
+CHANCE = {"attribute": 1 / 4, "small": 1 / 4, "count": 1 / 9, "relation": 1 / 2, "compare": 1 / 2,
+          "reading": 1 / 10, "document": 1 / 10}
+
+
+@dataclass
+class Question:
+    kind: str
+    text: str  # the plain question
+    answer: str
+    space: tuple[str, ...]  # every answer this question can have (multiple choice draws from it)
+
+
+@dataclass
+class Scene:
+    family: str
+    image: Image.Image
+    caption: str
+    questions: list[Question]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    return image, ImageDraw.Draw(image)
+
+
+def _noun(kind: str, n: int) -> str:
+    return kind if n == 1 else PLURAL[kind]
+
+
+def attribute(rng: random.Random, size: int) -> Scene:
+    item = probe_item(rng.randrange(1 << 30), rng.randrange(1 << 30))
+    from eelight.data.probe import ANSWERS, QUESTIONS
+
+    questions = [Question(k, QUESTIONS[k], item.answer(k), tuple(ANSWERS[k])) for k in sorted(QUESTIONS)]
+    facts = {"shape": item.shape, "colour": item.colour, "position": item.position, "count": item.count}
+    return Scene("attribute", draw_attribute(item, size), item.caption(), questions, facts)
+
+
+def small(rng: random.Random, size: int) -> Scene:
+    image, pen = _canvas(size)
+    colours = rng.sample(sorted(COLOURS), 4)
+    quadrants = rng.sample(range(4), 4)
+    half, objects = size // 2, []
+    for i, (colour, q) in enumerate(zip(colours, quadrants, strict=True)):
+        r = max(size // 8, 3) if i == 0 else int(size * 0.34)  # the first is the small one: one 8-px patch
+        x0 = (q % 2) * half + rng.randint(1, half - r - 1)
+        y0 = (q // 2) * half + rng.randint(1, half - r - 1)
+        kind = rng.choice(SHAPES)
+        shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
+        objects.append({"shape": kind, "colour": colour, "box": (x0, y0, x0 + r, y0 + r)})
+    q = Question("small", "what shape is the small one ?", objects[0]["shape"], tuple(SHAPES))
+    return Scene("small", image, f"a small {colours[0]} {objects[0]['shape']} and three large shapes", [q],
+                 {"objects": objects})
+
+
+def count(rng: random.Random, size: int) -> Scene:
+    image, pen = _canvas(size)
+    n = rng.randint(1, 9)
+    kind, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
+    cell = size // 3
+    r = int(cell * 0.6)
+    boxes = []
+    for c in rng.sample(range(9), n):
+        x0 = (c % 3) * cell + rng.randint(1, cell - r - 1)
+        y0 = (c // 3) * cell + rng.randint(1, cell - r - 1)
+        shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
+        boxes.append((x0, y0, x0 + r, y0 + r))
+    q = Question("count", "how many shapes are there ?", NUMBERS9[n - 1], NUMBERS9)
+    return Scene("count", image, f"{NUMBERS9[n - 1]} {colour} {_noun(kind, n)}", [q],
+                 {"boxes": boxes, "shape": kind, "colour": colour})
+
+
+def relation(rng: random.Random, size: int) -> Scene:
+    """Two objects in distinct cells of a 3x3 grid; yes and no equally likely by construction."""
+    image, pen = _canvas(size)
+    rel = rng.choice(RELATIONS)
+    axis = 0 if rel in ("left of", "right of") else 1  # the coordinate that must differ
+    while True:
+        a, b = rng.sample(range(9), 2)
+        if (a % 3, a // 3)[axis] != (b % 3, b // 3)[axis]:
+            break
+    kinds, colours = rng.sample(SHAPES, 2), rng.sample(sorted(COLOURS), 2)
+    cell = size // 3
+    r = int(cell * 0.7)
+    objects = []
+    for c, kind, colour in zip((a, b), kinds, colours, strict=True):
+        x0, y0 = (c % 3) * cell + rng.randint(1, cell - r - 1), (c // 3) * cell + rng.randint(1, cell - r - 1)
+        shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
+        objects.append({"shape": kind, "colour": colour, "cell": c, "box": (x0, y0, x0 + r, y0 + r)})
+    want = rng.random() < 0.5  # the answer, drawn first: balanced
+    first, second = objects
+    holds = _holds(first["cell"], second["cell"], rel)
+    if holds != want:
+        first, second = second, first
+    text = f"is the {first['colour']} shape {rel} the {second['colour']} one ?"
+    q = Question("relation", text, "yes" if want else "no", ("yes", "no"))
+    caption = f"a {objects[0]['colour']} {objects[0]['shape']} and a {objects[1]['colour']} {objects[1]['shape']}"
+    return Scene("relation", image, caption, [q], {"objects": objects, "subject": first, "relation": rel,
+                                                    "other": second})
+
+
+def _holds(a: int, b: int, rel: str) -> bool:
+    (ax, ay), (bx, by) = (a % 3, a // 3), (b % 3, b // 3)
+    return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[rel]
+
+
+def compare(rng: random.Random, size: int) -> Scene:
+    image, pen = _canvas(size)
+    kinds = rng.sample(SHAPES, 2)  # kinds[0] is the larger
+    big, little = rng.randint(int(size * 0.38), int(size * 0.45)), rng.randint(int(size * 0.14), int(size * 0.22))
+    left_big = rng.random() < 0.5
+    half = size // 2
+    objects = []
+    for kind, r, left in ((kinds[0], big, left_big), (kinds[1], little, not left_big)):
+        x0 = (0 if left else half) + rng.randint(1, half - r - 1)
+        y0 = rng.randint(1, size - r - 1)
+        colour = rng.choice(sorted(COLOURS))
+        shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
+        objects.append({"shape": kind, "colour": colour, "box": (x0, y0, x0 + r, y0 + r)})
+    asked = rng.sample(kinds, 2)  # the order named in the question is random
+    q = Question("compare", f"which is larger , the {asked[0]} or the {asked[1]} ?", kinds[0], tuple(asked))
+    return Scene("compare", image, f"a large {kinds[0]} and a small {kinds[1]}", [q], {"objects": objects})
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def reading(rng: random.Random, size: int) -> Scene:
+    image, pen = _canvas(size)
+    digit = rng.choice(DIGITS)
+    font = _font(int(size * 0.5))
+    left, top, right, bottom = pen.textbbox((0, 0), digit, font=font)
+    x = rng.randint(1, max(size - (right - left) - 1, 1)) - left
+    y = rng.randint(1, max(size - (bottom - top) - 1, 1)) - top
+    colour = rng.choice([(20, 20, 20), COLOURS["blue"], COLOURS["red"]])
+    pen.text((x, y), digit, font=font, fill=colour)
+    q = Question("reading", "what digit is written ?", digit, DIGITS)
+    return Scene("reading", image, f"the digit {digit}", [q], {"text": digit})
+
+
+def document(rng: random.Random, size: int) -> Scene:
+    image, pen = _canvas(size)
+    keys = rng.sample(KEYS, 2)
+    values = [rng.choice(DIGITS) for _ in keys]
+    font = _font(max(size * 16 // 64, 6))
+    row = size // 2
+    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+        pen.text((3, i * row + rng.randint(4, 10)), f"{k}: {v}", font=font, fill=(20, 20, 20))
+    asked = rng.randrange(2)
+    q = Question("document", f"what is the {keys[asked]} ?", values[asked], DIGITS)
+    caption = " ".join(f"{k} {v}" for k, v in zip(keys, values, strict=True))
+    return Scene("document", image, caption, [q], {"table": dict(zip(keys, values, strict=True))})
+
+
+GENERATORS = {"attribute": attribute, "small": small, "count": count, "relation": relation, "compare": compare,
+              "reading": reading, "document": document}
+
+
+def scene(family: str, index: int, seed: int, size: int = 64) -> Scene:
+    """The index-th scene of a family for a seed (independent of every other scene)."""
+    rng = random.Random(f"{family}:{seed}:{index}")
+    return GENERATORS[family](rng, size)
+
+
+def family_words() -> list[str]:
+    """Every word the families' captions, questions and answers use (for the word tokenizer)."""
+    words = set(NUMBERS9) | set(DIGITS) | set(KEYS) | set(SHAPES) | set(PLURAL.values()) | set(COLOURS)
+    text = ("what shape is the small one ? how many shapes are there ? is left of right above below yes no "
+            "which larger , or digit written a and three large the")
+    return sorted(words | set(text.split()))
+
+
+def options(q: Question, rng: random.Random) -> dict[str, str]:
+    """Multiple-choice options, letter -> text: the whole answer space in a random order when it
+    has at most 4 answers, else the answer and 3 others."""
+    from eelight.eval.prompts import LETTERS
+
+    if len(q.space) <= len(LETTERS):
+        shown = rng.sample(q.space, len(q.space))
+    else:
+        shown = rng.sample([q.answer, *rng.sample([a for a in q.space if a != q.answer], 3)], 4)
+    return dict(zip(LETTERS, shown, strict=False))
+
+
+def ask(q: Question, form: str, rng: random.Random) -> str:
+    """The question in one of the forms of `eelight.eval.prompts` (plain, short, choice)."""
+    from eelight.eval.prompts import multiple_choice, short_answer
+
+    if form == "plain":
+        return q.text
+    if form == "short":
+        return short_answer(q.text)
+    return multiple_choice(q.text, options(q, rng))
+
+
+def conversation(s: Scene, rng: random.Random, n_turns: int = 2) -> list[dict[str, str]]:
+    """LLaVA-style turns: up to n_turns of the scene's questions, each in a random form, answered
+    with the answer's text (also for multiple choice: see `eelight.data.probe`); the image
+    marker opens the first question."""
+    from eelight.data.probe import FORMS
+
+    turns = []
+    for i, q in enumerate(rng.sample(s.questions, min(n_turns, len(s.questions)))):
+        text = ask(q, rng.choice(FORMS), rng)
+        turns += [{"from": "human", "value": text if i else "<image>\n" + text}, {"from": "gpt", "value": q.answer}]
+    return turns
+
+
+QUESTIONS_PER_SCENE = {f: 4 if f == "attribute" else 1 for f in FAMILIES}
+
+
+def chance_for(benchmark: str) -> tuple[dict[str, float], float | None]:
+    """(chance per family, overall chance) of a uniform random guesser on the probe's held-out
+    scenes scored through `benchmark`: exact match over the answer space (probe); one option
+    of those shown per pass (MMBench with CircularEval: (1/k)^k for k options; SEED: 1/4);
+    one of the 10 digits (TextVQA / DocVQA). Overall: weighted by questions per scene."""
+    shown = {"attribute": 4, "small": 4, "count": 4, "relation": 2, "compare": 2}
+    if benchmark == "probe":
+        per = dict(CHANCE)
+    elif benchmark == "mmbench":
+        per = {f: (1 / k) ** k for f, k in shown.items()}
+    elif benchmark == "seed":
+        per = {f: 1 / 4 for f in ("attribute", "small", "count")}
+    elif benchmark == "textvqa":
+        per = {"reading": CHANCE["reading"]}
+    elif benchmark == "docvqa":
+        per = {"document": CHANCE["document"]}
+    else:
+        return {}, None
+    weights = {f: QUESTIONS_PER_SCENE[f] for f in per}
+    overall = sum(per[f] * weights[f] for f in per) / sum(weights.values())
+    return per, overall

@@ -1,0 +1,157 @@
+"""The graded probe's families: every answer recomputed independently from the drawn image
+(pixels, connected components, centroids, areas), balanced answers, stated chance levels,
+determinism, one held-out split per family."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from eelight.data.families import CHANCE, DIGITS, FAMILIES, NUMBERS9, RELATIONS, scene
+from eelight.data.probe import COLOURS, POSITIONS
+
+N = 300  # scenes per family checked
+
+
+def _mask(image, rgb) -> np.ndarray:
+    return (np.asarray(image).astype(int) == np.array(rgb)).all(-1)
+
+
+def _components(mask: np.ndarray) -> int:
+    """4-connected components of a boolean mask (a plain flood fill: independent of the generator)."""
+    seen = np.zeros_like(mask)
+    count = 0
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if seen[y, x]:
+            continue
+        count += 1
+        stack = [(y, x)]
+        seen[y, x] = True
+        while stack:
+            cy, cx = stack.pop()
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+    return count
+
+
+def _drawn_colours(image) -> dict[str, np.ndarray]:
+    return {name: m for name, rgb in COLOURS.items() if (m := _mask(image, rgb)).any()}
+
+
+def _answers(family):
+    return {q.kind: q.answer for q in scene(family, 0, 0).questions}
+
+
+def test_scenes_are_deterministic_per_seed():
+    for family in FAMILIES:
+        a, b, c = scene(family, 4, 1), scene(family, 4, 1), scene(family, 4, 2)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert [q.answer for q in a.questions] == [q.answer for q in b.questions]
+        assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_attribute_answers_match_the_pixels():
+    for i in range(N):
+        s = scene("attribute", i, 0)
+        a = {q.kind: q.answer for q in s.questions}
+        drawn = _drawn_colours(s.image)
+        assert list(drawn) == [a["colour"]]
+        mask = drawn[a["colour"]]
+        assert NUMBERS9[_components(mask) - 1] == a["count"]
+        ys, xs = np.nonzero(mask)
+        quadrant = (int(xs.mean() >= 32), int(ys.mean() >= 32))
+        assert POSITIONS[a["position"]] == quadrant
+
+
+def test_small_answer_is_the_shape_of_the_colour_with_the_smallest_area():
+    for i in range(N):
+        s = scene("small", i, 0)
+        areas = {name: int(m.sum()) for name, m in _drawn_colours(s.image).items()}
+        smallest = min(areas, key=areas.get)
+        assert len(areas) == 4
+        assert next(o["shape"] for o in s.facts["objects"] if o["colour"] == smallest) == s.questions[0].answer
+        assert s.facts["objects"][0]["colour"] == smallest
+
+
+def test_count_answer_is_the_number_of_connected_shapes():
+    for i in range(N):
+        s = scene("count", i, 0)
+        (mask,) = _drawn_colours(s.image).values()
+        assert NUMBERS9[_components(mask) - 1] == s.questions[0].answer
+
+
+def test_relation_answer_follows_the_centroids():
+    for i in range(N):
+        s = scene("relation", i, 0)
+        q = s.questions[0]
+        words = q.text.removeprefix("is the ").removesuffix(" ?").split()
+        rel = next(r for r in RELATIONS if f" {r} " in " ".join(words))
+        subject_colour, other_colour = words[0], words[-2]  # "is the red shape left of the blue one ?"
+        drawn = _drawn_colours(s.image)
+        (sx, sy), (ox, oy) = [(np.nonzero(drawn[c])[1].mean(), np.nonzero(drawn[c])[0].mean())
+                              for c in (subject_colour, other_colour)]
+        holds = {"left of": sx < ox, "right of": sx > ox, "above": sy < oy, "below": sy > oy}[rel]
+        assert q.answer == ("yes" if holds else "no"), (i, q.text)
+
+
+def test_compare_answer_is_the_shape_with_more_pixels():
+    for i in range(N):
+        s = scene("compare", i, 0)
+        ink = ~_mask(s.image, (245, 245, 245))
+        left, right = int(ink[:, :32].sum()), int(ink[:, 32:].sum())
+        boxes = {o["shape"]: o["box"] for o in s.facts["objects"]}
+        larger_side = "left" if left > right else "right"
+        answer_side = "left" if boxes[s.questions[0].answer][0] < 32 else "right"
+        assert larger_side == answer_side
+        assert set(s.questions[0].space) == set(boxes)
+
+
+def test_reading_and_document_answers_are_what_was_rendered():
+    for i in range(50):
+        r = scene("reading", i, 0)
+        assert r.facts["text"] == r.questions[0].answer and r.questions[0].answer in DIGITS
+        assert (~_mask(r.image, (245, 245, 245))).sum() > 30  # the number is drawn
+        d = scene("document", i, 0)
+        key = d.questions[0].text.removeprefix("what is the ").removesuffix(" ?")
+        assert d.facts["table"][key] == d.questions[0].answer
+        assert d.caption.split().count(key) == 1
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "attribute"])
+def test_answers_are_balanced_and_chance_is_one_over_the_answer_space(family):
+    n = 1800
+    counts = Counter(scene(family, i, 0).questions[0].answer for i in range(n))
+    space = scene(family, 0, 0).questions[0].space
+    if family != "compare":  # compare's space is the two shapes shown; its answers are the 4 shapes
+        assert set(counts) <= set(space) and CHANCE[family] == pytest.approx(1 / len(space))
+    else:
+        assert CHANCE[family] == 0.5
+    expected = n / len(counts)
+    assert len(counts) == {"small": 4, "count": 9, "relation": 2, "compare": 4, "reading": 10, "document": 10}[family]
+    for answer, c in counts.items():  # within 5 standard deviations of uniform
+        assert abs(c - expected) < 5 * expected ** 0.5, (answer, c, expected)
+
+
+def test_attribute_answers_balanced_and_chance():
+    counts = Counter((q.kind, q.answer) for i in range(1200) for q in scene("attribute", i, 0).questions)
+    for kind in ("shape", "colour", "position", "count"):
+        per = [c for (k, _), c in counts.items() if k == kind]
+        assert len(per) == 4 and max(per) - min(per) < 5 * 300 ** 0.5
+    assert CHANCE["attribute"] == 0.25
+
+
+def test_build_probe_writes_one_held_out_split_per_family(tmp_path):
+    from eelight.data.probe import build_probe, eval_shards
+    from eelight.eval.probe import probe_scenes
+
+    splits = build_probe(str(tmp_path), n_train=14, n_eval=3, seed=1, shard_size=10)
+    assert splits["train"]["samples"] == 14 and {f"eval-{f}" for f in FAMILIES} <= set(splits)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert all(index["splits"][f"eval-{f}"]["samples"] == 3 for f in FAMILIES)
+    scenes = list(probe_scenes(eval_shards(str(tmp_path)), limit=2))
+    assert Counter(family for _, _, family, _, _ in scenes) == {f: 2 for f in FAMILIES}
+    train_keys = {k for k, *_ in probe_scenes(f"{tmp_path}/train-{{000000..000001}}.tar")}
+    assert not train_keys & {k for k, *_ in scenes}
