@@ -8,8 +8,9 @@
     eelight report weight_reuse
     eelight export --study weight_reuse --out exported/ [--register NAME]
 
-Config errors, missing shards and missing checkpoints exit with status 2 and one
-line that names the key, value or path.
+What a user caused (`eelight.errors.UserError`: config keys and YAML syntax, missing or
+truncated checkpoints and shards, bad benchmark files, too many bad samples) exits with
+status 2 and one line that names the key, value or path.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import argparse
 import json
 import sys
 
-from eelight.eval.base import BenchmarkError
-from eelight.models.hf_loading import CheckpointError
-from eelight.training.config import ConfigError
+from eelight.errors import UserError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, CheckpointError, BenchmarkError, FileNotFoundError) as exn:
+    except (UserError, FileNotFoundError) as exn:
         print(f"eelight: error: {exn}", file=sys.stderr)
         sys.exit(2)
 

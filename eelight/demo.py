@@ -23,13 +23,17 @@ BENCHMARKS = ("probe", "mmbench", "seed", "textvqa", "docvqa")
 
 
 def prepare() -> None:
-    """The probe shards and tokenizer, and the tiny pretrained backbones (both cached)."""
-    from eelight.data.probe import VERSION, build_probe, probe_version
+    """The probe shards, tokenizer and benchmark files, and the tiny pretrained backbones (cached)."""
+    from eelight.data.probe import VERSION, build_probe, eval_shards, probe_version
+    from eelight.eval.probe_files import write_probe_benchmarks
     from eelight.training.backbones import build_backbones
 
-    if probe_version(str(PROBE)) != VERSION:  # none yet, or written by an older generator
+    rebuilt = probe_version(str(PROBE)) != VERSION  # none yet, or written by an older generator
+    if rebuilt:
         print(f"[demo] building the synthetic probe in {PROBE}", flush=True)
         build_probe(str(PROBE), n_train=4000, n_eval=400, seed=0)
+    if rebuilt or not (BENCHMARK_FILES / "docvqa" / "val_v1.0.json").exists():  # what the study scores
+        write_probe_benchmarks(eval_shards(str(PROBE)), BENCHMARK_FILES, EVAL_IMAGES)
     build_backbones(PROBE, BACKBONES)
 
 
@@ -56,9 +60,6 @@ def main(overrides: list[str] | None = None) -> dict:
     instruct = train(instruct_cfg)
 
     from eelight.eval.command import main as evaluate
-    from eelight.eval.probe_files import write_probe_benchmarks
-
-    write_probe_benchmarks(instruct_cfg.data.val_shards, BENCHMARK_FILES, EVAL_IMAGES)  # ~1 s: always fresh
     print(f"\n[demo] held-out probe ({EVAL_IMAGES} scenes of each family) through each benchmark's path "
           f"({time.perf_counter() - start:.0f}s so far); chance: {_chance()}", flush=True)
     scores = evaluate(str(instruct_cfg.run_dir), [f"benchmarks=[{','.join(BENCHMARKS)}]",

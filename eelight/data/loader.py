@@ -23,6 +23,7 @@ import torch
 from eelight.data.image import FastImageTransform
 from eelight.data.shards import read_manifest
 from eelight.data.text import IGNORE_INDEX, NoAnswerLeft, caption_turns, encode, template
+from eelight.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 BAD_KINDS = ("image", "text", "json", "tar", "no_answer")
@@ -36,7 +37,7 @@ class BadSample(ValueError):
         self.url = (sample or {}).get("__url__")
 
 
-class BadDataError(RuntimeError):
+class BadDataError(UserError, RuntimeError):
     """Too many bad samples: names the shard and key of the one over the limit."""
 
 

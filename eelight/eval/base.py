@@ -17,10 +17,11 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from eelight.errors import UserError
 from eelight.eval.metrics import CategoryScore
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError, ValueError):
     """A benchmark file the user gave cannot be read: names the file, the row and the fix."""
 
 

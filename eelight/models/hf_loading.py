@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eelight.errors import UserError
 from eelight.models.config import LLMConfig, ModelConfig, VisionConfig
 
 LLM_FAMILIES = ("llama", "mistral", "qwen2")
@@ -47,7 +48,7 @@ LLM_SKIP = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"]
 VISION_SKIP = [r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"logit_(scale|bias)"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint folder that does not match the model: names the key and the fix."""
 
 

@@ -4,12 +4,14 @@ last.ckpt), and the stage hand-off (`init_from`) loaded strictly."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from eelight.models.hf_loading import CheckpointError
 from eelight.models.mllm import MLLM
 
 
@@ -31,7 +33,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"init_from={path} does not exist; run the previous stage first (it writes "
             "runs/<name>/align/last.ckpt)"
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exn:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({str(exn).splitlines()[0] or type(exn).__name__}): "
+                              "truncated or not a checkpoint; rerun the stage that writes it") from exn
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint of eelight (no state_dict)")
+    return checkpoint
 
 
 def init_from_checkpoint(model: MLLM, path: str | Path) -> None:

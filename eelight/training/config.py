@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from eelight.data.text import PLACEMENTS
+from eelight.errors import UserError
 from eelight.eval.config import EvalConfig
 from eelight.models.config import ModelConfig, model_config
 
 STAGES = ("align", "instruct")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad key or value in a run config; the message is one line naming it."""
 
 
@@ -114,6 +115,20 @@ def _one_line(exn: Exception) -> str:
     return str(exn).strip().splitlines()[0]
 
 
+def _load_yaml(path: str):
+    """A YAML file as an OmegaConf node; a syntax error names the file and the line."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as exn:
+        mark = getattr(exn, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exn, "problem", None) or str(exn).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}; fix the file") from exn
+
+
 def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()
                     ) -> RunConfig:
     """Compose YAML files and dot-list overrides onto the typed defaults; validate."""
@@ -121,7 +136,7 @@ def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: lis
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        layers = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
+        layers = [_load_yaml(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
         probe = OmegaConf.merge(*layers) if layers else OmegaConf.create()
         preset = probe.get("model_preset", "ee_mllm")
         base = OmegaConf.structured(RunConfig(model_preset=preset, model=model_config(preset)))

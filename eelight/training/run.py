@@ -28,6 +28,9 @@ def mlflow_uri(cfg: RunConfig) -> tuple[str, str | None]:
     """(tracking URI, artifact location): by default a SQLite store under ./mlruns/ with its
     artifacts in ./mlruns/artifacts/; for any SQLite store, artifacts sit beside it."""
     uri = cfg.mlflow.tracking_uri
+    if uri and uri.startswith("file:") or (uri and "://" not in uri):
+        raise ConfigError(f"mlflow.tracking_uri={uri}: MLflow's file store is off in MLflow 3; use a SQLite "
+                          "store (sqlite:////abs/path/mlflow.db) or a server (http://host:port)")
     if uri and uri.startswith("sqlite:///"):  # a SQLite store: artifacts in a folder beside it
         return uri, (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     if uri:
@@ -99,6 +102,7 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     )
     from eelight.training.module import MLLMModule
 
+    mlflow_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
     if cfg.data.val_shards:
         expand_urls(cfg.data.val_shards)
