@@ -25,6 +25,9 @@ from typing import Any
 from eelight.sweeps.config import SweepConfig
 from eelight.sweeps.stats import Interval, detectable, paired, pooled_sd, t_interval
 
+FIGURES = {"metric_vs_variant.png", "metric_vs_data_size.png", "families.png", "metric_vs_compute.png",
+           "cost_vs_visual_tokens.png"}  # the last: written by earlier versions
+
 
 def trial_rows(study) -> list[dict[str, Any]]:
     rows = []
@@ -262,8 +265,6 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         raise ValueError(f"study {sweep.name!r} has no complete trial yet: nothing to report")
     out = Path(sweep.out_dir, sweep.name, "report")
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):  # a figure the sweep no longer supports must not linger
-        old.unlink()
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith(("param.", "metric.")), k))
     with open(out / "trials.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
@@ -271,7 +272,10 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         writer.writerows(rows)
     analysed = Study(rows, sweep.objective.metric, sweep.reference)
     (out / "summary.md").write_text(markdown(analysed, sweep))
-    paths = [out / "trials.csv", out / "summary.md", *_plots(analysed, out)]
+    figures = _plots(analysed, out)
+    for name in FIGURES - {p.name for p in figures}:  # a figure this sweep does not support must not linger
+        (out / name).unlink(missing_ok=True)  # (two workers may write the report at once: never delete theirs)
+    paths = [out / "trials.csv", out / "summary.md", *figures]
     client, _ = sweep_client(sweep)
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
