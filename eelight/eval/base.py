@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,7 +47,7 @@ class Scored:
     parsed: str | None  # what was read from the prediction (the option letter; the answer)
 
 
-class Evaluator:
+class Evaluator(ABC):
     """One benchmark. Subclasses set `name`, `metric`, `protocol` and implement `load` / `score`."""
 
     name: ClassVar[str]
@@ -57,11 +58,13 @@ class Evaluator:
     def __init__(self, file: str, images: str | None = None, limit: int | None = None) -> None:
         self.file, self.images, self.limit = file, images, limit
 
+    @abstractmethod
     def load(self) -> list[Item]:
-        raise NotImplementedError
+        """The benchmark's items, read from `self.file` (and `self.images`)."""
 
+    @abstractmethod
     def score(self, item: Item, prediction: str) -> Scored:
-        raise NotImplementedError
+        """One prediction's score and what was read from it."""
 
     def aggregate(self, items: list[Item], scored: list[Scored]) -> CategoryScore:
         """Per-item scores into the metric (CircularEval overrides it: a group counts once)."""
