@@ -1,6 +1,6 @@
 """Prefill wall-clock of the decoder layers, EE-MLLM vs LLaVA (and EE-MLLM + visual FFN,
 Flamingo), side by side in one run, each next to the FLOPs its forward counts, so that the
-measured speed-up can be set against the FLOP ratio (DESIGN.md §1: 0.318 at these shapes).
+measured speed-up can be set against the FLOP ratio (docs/DESIGN.md §1: 0.318 at these shapes).
 
 Default: 2 decoder layers at Vicuna-7B shapes (d=4096, f=11008, 32 heads), Nv=576 visual
 + Nt=64 text tokens, batch 1, float32 on the CPU. The paper's figure (79 ms EE-MLLM vs

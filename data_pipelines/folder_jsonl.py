@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from eelight.data.convert import add_output_args, jsonl_samples, run_cli
+from eelight.errors import run_script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,4 +26,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "folder_jsonl.py")

@@ -12,6 +12,7 @@ import json
 
 from eelight.data.loader import expand_urls
 from eelight.data.shards import index_shards
+from eelight.errors import run_script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,10 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", required=True, help="local shard paths, brace-expanded")
     parser.add_argument("--split", default="train", help="the split's name in index.json")
     args = parser.parse_args(argv)
-    written = index_shards(expand_urls(args.shards), args.split, args.shards)
+    urls = expand_urls(args.shards)  # a path that matches no file is named (FileNotFoundError)
+    written = index_shards(urls, args.split, args.shards)
     print(json.dumps({folder: {"samples": s["samples"], "shards": len(s["shards"]), "bad": s["bad"]}
                       for folder, s in written.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "index_shards.py")

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from eelight.data.convert import add_output_args, llava_samples, run_cli
+from eelight.errors import UserError, run_script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,11 +22,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", required=True, help="folder the records' `image` paths are relative to")
     add_output_args(parser)
     args = parser.parse_args(argv)
-    records = json.loads(Path(args.json).read_text())
+    try:
+        records = json.loads(Path(args.json).read_text())
+    except json.JSONDecodeError as exn:
+        raise UserError(f"{args.json} is not JSON ({exn}); pass the LLaVA JSON list of records") from exn
     if not isinstance(records, list):
         parser.error(f"{args.json} must hold a JSON list of records")
     run_cli(llava_samples, records, args.images, args)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "llava_json.py")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from eelight.errors import run_script
 from eelight.eval.probe_files import write_probe_benchmarks
 
 
@@ -25,4 +26,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "probe_benchmarks.py")

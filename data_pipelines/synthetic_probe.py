@@ -13,6 +13,7 @@ import argparse
 import json
 
 from eelight.data.probe import build_probe
+from eelight.errors import run_script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "synthetic_probe.py")

@@ -19,15 +19,18 @@ import argparse
 import json
 import sys
 
-from eelight.errors import UserError
+from eelight.errors import UserError, one_line
 
 
 def _train(args: argparse.Namespace) -> None:
-    from eelight.training.config import load_run_config
+    from eelight.training.config import ConfigError, load_run_config
     from eelight.training.run import train
 
     yamls = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
+    if not yamls:
+        raise ConfigError("eelight train needs an experiment file first, e.g. eelight train "
+                          "experiments/ee_mllm_tiny.yaml [key=value ...] (or `make demo` for the whole demo)")
     result = train(load_run_config(yamls, overrides))
     print(json.dumps(result, indent=1))
 
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.fn(args)
     except (UserError, FileNotFoundError) as exn:
-        print(f"eelight: error: {exn}", file=sys.stderr)
+        print(f"eelight: error: {one_line(exn)}", file=sys.stderr)
         sys.exit(2)
 
 

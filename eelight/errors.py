@@ -4,6 +4,27 @@ its traceback."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """A mistake in what the user gave; the message names it and the fix, on one line."""
+
+
+def one_line(exn: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives with the
+    worker's traceback in its text; its last line holds the message itself."""
+    lines = [line for line in str(exn).strip().splitlines() if line.strip()] or [type(exn).__name__]
+    if len(lines) > 1 and any(line.startswith("Original Traceback") for line in lines):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
+
+
+def run_script(main: Callable[[], None], prog: str) -> None:
+    """A `data_pipelines/` script's entry point: a user's mistake is one line, exit status 2."""
+    try:
+        main()
+    except (UserError, FileNotFoundError, IsADirectoryError) as exn:
+        print(f"{prog}: error: {one_line(exn)}", file=sys.stderr)
+        sys.exit(2)

@@ -35,7 +35,8 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
     run_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_cfg_path)))
     model = build_mllm(run_cfg.model)
     init_from_checkpoint(model, checkpoint)
-    prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement}
+    prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement,
+                 "system_prompt": run_cfg.data.system_prompt}
     out = save_export(model, out, load_tokenizer(run_cfg.data.tokenizer),
                       image_processor(run_cfg.model.vision, model.vision.image_size), prompting)
     _model_card(out, _portable(model.cfg), run_cfg, card or {})

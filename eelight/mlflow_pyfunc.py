@@ -38,7 +38,7 @@ class EelightModel(mlflow.pyfunc.PythonModel):
 
         given = {k: v for k, v in (params or {}).items() if v not in ("", None)}  # "": as trained
         params = {"template": "probe", "image_placement": "marker", **self.prompting, **given}
-        tpl = template(params["template"])
+        tpl = template(params["template"], self.tokenizer, params.get("system_prompt"))
         answers = []
         for image_path, question in zip(model_input["image"], model_input["prompt"], strict=True):
             ask = prompt(question, tpl, self.tokenizer, params["image_placement"])

@@ -24,7 +24,7 @@ def test_ee_with_visual_ffn_equals_hf_decoder_under_composite_mask(llama_dir):
     ours, ref = _model("ee_mllm_f", llama_dir), hf_causal_lm(llama_dir)
     visual, ids = _inputs()
     n = NV + NT
-    # DESIGN.md §1: visual rows see only themselves; text rows see all visual + causal text.
+    # docs/DESIGN.md §1: visual rows see only themselves; text rows see all visual + causal text.
     allowed = torch.zeros(n, n, dtype=torch.bool)
     allowed[:NV, :NV] = torch.eye(NV, dtype=torch.bool)
     allowed[NV:, :NV] = True

@@ -47,11 +47,23 @@ def test_llava_json_round_trip(tmp_path):
     records.append({"id": "gone", "image": "coco/missing.png", "conversations": records[0]["conversations"]})
     (tmp_path / "imgs" / "coco" / "broken.png").write_bytes(b"not a png")
     records.append({"id": "broken", "image": "coco/broken.png", "conversations": records[0]["conversations"]})
+    _img(9).resize((256, 256)).save(tmp_path / "whole.jpg", quality=95)
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    cut = tmp_path / "imgs" / "coco" / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with Image.open(cut) as im:
+        im.verify()  # the header is intact: verify() alone lets it through
+    records.append({"id": "cut", "image": "coco/cut.jpg", "conversations": records[0]["conversations"]})
     (tmp_path / "data.json").write_text(json.dumps(records))
     summary = _run("llava_json.py", "--json", str(tmp_path / "data.json"), "--images", str(tmp_path / "imgs"),
-                   "--out", str(tmp_path / "shards"), "--shard-size", "2")
+                   "--out", str(tmp_path / "shards"), "--shard-size", "2", "--report", str(tmp_path / "skipped.jsonl"))
     assert summary["samples"] == 5 and summary["shards"] == 3
-    assert summary["bad"] == {"no_image": 1, "missing_image": 1, "unreadable_image": 1}
+    assert summary["bad"] == {"no_image": 1, "missing_image": 1, "unreadable_image": 2}
+    skipped = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+    assert [(e["index"], e["id"], e["reason"]) for e in skipped] == [
+        (5, "text-only", "no_image"), (6, "gone", "missing_image"), (7, "broken", "unreadable_image"),
+        (8, "cut", "unreadable_image")]
+    assert "truncated" in skipped[-1]["detail"] and "cut.jpg" in skipped[-1]["detail"]
     got = _read(tmp_path / "shards")
     for i, sample in enumerate(got):
         assert np.array_equal(np.asarray(sample["png"]), np.asarray(_img(i)))
@@ -125,6 +137,8 @@ def test_index_shards_makes_subsets_work_on_foreign_shards(tmp_path):
     assert split["pattern"] == "{00000..00002}.tar" and keys() == raw[:-1]
     assert sorted(keys(subset=5, shuffle=20, seed=3)) == sorted(raw[:5])
     assert set(keys(subset=5)) < set(keys(subset=10))
+    first = subset_keys(sorted(str(p) for p in (tmp_path / "laion").glob("*.tar")), 4)
+    assert first == (set(raw[:4]), urls[:1])  # 4 keys sit in the first shard: only it is read
     (tmp_path / "laion" / "00003.tar").write_bytes((tmp_path / "laion" / "00000.tar").read_bytes())
     with pytest.raises(ValueError, match=r"keys of shard .*00003.tar, which index.json beside it does not list"):
         subset_keys([f"{tmp_path}/laion/{i:05d}.tar" for i in range(4)], 5)

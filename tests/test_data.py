@@ -207,3 +207,55 @@ def test_all_answers_truncated_away_is_counted_not_trained_on(probe, proc):
     keys = _keys(make_pipeline(f"{probe}/train-000000.tar", stage="instruct", tokenizer=tok, processor=proc,
                                max_length=4, counter=counter))
     assert keys == [] and dict(counter.counts) == {"no_answer": 40}
+
+
+def _broken(tmp_path, kind):
+    path = tmp_path / f"{kind}-000000.tar"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.mkdir()  # a directory named like a shard
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["random", "empty", "directory"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shards_that_are_not_tars_stop_the_reader(tmp_path, tok, proc, kind, workers):
+    from eelight.data.loader import make_loader
+
+    url = _broken(tmp_path, kind)
+    with pytest.raises(BadDataError, match=rf"{kind}-000000.tar"):
+        pipeline = make_pipeline(url, stage="align", tokenizer=tok, processor=proc, batch_size=2)
+        for _ in make_loader(pipeline, num_workers=workers):
+            pass
+
+
+def test_resampled_reader_of_broken_shards_stops(tmp_path, tok, proc):
+    from eelight.data.loader import make_loader
+
+    urls = [_broken(tmp_path, "random"), _broken(tmp_path, "empty")]
+    pipeline = make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=2, resampled=True)
+    with pytest.raises(BadDataError, match=r"none of the 2 shard\(s\) can be read as a tar"):
+        next(iter(make_loader(pipeline, epoch_batches=10)))
+
+
+def test_a_pass_without_a_usable_sample_stops(tmp_path, tok, proc):
+    from eelight.data.loader import make_loader
+
+    write_tar(tmp_path / "nocap-000000.tar", [(f"x{i}.png", _png(i)) for i in range(3)])  # images, no text
+    pipeline = make_pipeline(str(tmp_path / "nocap-000000.tar"), stage="align", tokenizer=tok, processor=proc,
+                             batch_size=2)
+    with pytest.raises(BadDataError, match=r"gave no usable sample \(bad in this process: \{'text': 3\}\)"):
+        list(make_loader(pipeline))
+
+
+def test_bad_samples_count_once_over_several_passes(tmp_path, tok, proc):
+    urls = _bad_shards(tmp_path)
+    counter = BadSampleCounter()
+    pipeline = make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=4, counter=counter)
+    for _ in range(3):
+        _keys(pipeline)
+    assert dict(counter.counts) == {"image": 1, "text": 1, "json": 1, "tar": 1}  # distinct, not 3x
+    assert counter.bad_reads == 9 and counter.seen == 30  # the fraction's reads: per pass

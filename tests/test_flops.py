@@ -28,7 +28,7 @@ def layer_flops(preset: str) -> int:
 
 
 def analytic(visual_ffn: bool) -> float:
-    """DESIGN.md §1 multiply-adds per layer, EE / LLaVA."""
+    """docs/DESIGN.md §1 multiply-adds per layer, EE / LLaVA."""
     n = NV + NT
     llava = n * (4 * D * D + 3 * D * F) + 2 * n * n * D
     ee = NV * 3 * D * D + NT * (4 * D * D + 3 * D * F) + 2 * NT * n * D

@@ -38,7 +38,7 @@ def test_ee_mid_text_equals_hf_decoder_under_composite_mask(llama_dir):
         embeds.append(torch.cat([tokens[:m], visual[b], tokens[m:]]))
         is_visual = torch.zeros(n, dtype=torch.bool)
         is_visual[m:m + nv] = True
-        # DESIGN.md §1 in sequence order: a visual row sees only itself; text sees all before it.
+        # docs/DESIGN.md §1 in sequence order: a visual row sees only itself; text sees all before it.
         allowed = torch.ones(n, n).tril().bool() & ~is_visual[:, None]
         allowed |= torch.eye(n, dtype=torch.bool)
         masks.append(torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min))

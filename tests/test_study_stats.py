@@ -74,3 +74,24 @@ def test_one_data_size_one_seed_draws_no_curve_and_claims_no_interval(tmp_path):
     text = markdown(study, SweepConfig(name="fake"))
     assert "(1 seed)" in text and "nothing can be claimed" in text
     assert "metric_vs_data_size.png" not in {p.name for p in _plots(study, tmp_path)}
+
+
+def test_control_separation_by_non_overlapping_intervals():
+    rows = _rows()
+    for seed, (value, count) in enumerate([(0.20, 0.05), (0.25, 0.45), (0.30, 0.05)]):  # C: a control
+        rows.append({"trial": 50 + seed, "state": "COMPLETE", "variant": "model_preset=C", "seed": seed,
+                     "data_size": 400, "objective": value, "gflops_per_sample": 0.01, "train_pflops": 0.002,
+                     "train_seconds": 40.0, "metric.probe/accuracy/count": count,
+                     "metric.probe/accuracy/reading": 0.0})
+    study = Study(rows, "probe/accuracy", reference="model_preset=A", controls=["model_preset=C"])
+    assert study.best(400) == "model_preset=A"  # A 0.8 > B 0.667; the control is never "best"
+    # objective: A [0.552, 1.048] vs C 0.25 +- 4.303*0.05/sqrt(3) = [0.126, 0.374]: apart
+    assert study.separated("model_preset=C", 400) is True
+    # count: A 0.4 [0.276, 0.524] vs C mean 0.183, sd 0.231 -> [-0.39, 0.757]: overlap
+    assert study.separated("model_preset=C", 400, "count") is False
+    assert study.separated("model_preset=C", 100) is None  # the control did not run there
+    text = markdown(study, SweepConfig(name="fake", controls=["model_preset=C"]))
+    d = paired({0: 0.20, 1: 0.25, 2: 0.30}, {0: 0.7, 1: 0.8, 2: 0.9})
+    assert (f"| (objective) | 0.256 | model_preset=A | 0.800 [0.552, 1.048] | 0.250 [0.126, 0.374] | "
+            f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] | yes |") in text
+    assert "| count | 0.111 | model_preset=A |" in text and text.count("| no |") == 2  # count, reading (0 = 0)

@@ -66,6 +66,9 @@ def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finish
     parent = parents[0]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 3 and {r.data.params["model.aligner"] for r in trials} == {"reuse", "fresh", "none"}
+    assert {r.info.run_name for r in trials} == {f"aligner={a} seed=0 (#{i})"  # named by what differs
+                                                 for i, a in enumerate(["reuse", "fresh", "none"])}
+    assert {r.data.params["model.vision.image_size"] for r in trials} == {"64"}  # as trained, not the default 32
     for r in trials:
         assert r.info.status == "FINISHED" and r.data.tags["optuna.state"] == "COMPLETE"
         assert os.path.exists(r.data.tags["checkpoint"])
@@ -115,7 +118,8 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     reloaded = pyfunc.unwrap_python_model().model
     with torch.no_grad():
         assert torch.equal(reloaded(ids, pixels).logits, original(ids, pixels).logits)
-    assert json.loads((folder / "prompt.json").read_text()) == {"template": "probe", "image_placement": "marker"}
+    assert json.loads((folder / "prompt.json").read_text()) == {"template": "probe", "image_placement": "marker",
+                                                              "system_prompt": None}
     # predict: image file + question -> the greedy answer of the prompt written out here by hand
     # (probe template, the image where "<image>" opens the question: after "<s> USER:").
     import pandas as pd
@@ -150,11 +154,12 @@ def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_p
                 states = {t.number: t.state.name for t in _study(tmp_path).trials}
             except (KeyError, optuna.exceptions.StorageInternalError):  # read while the worker writes
                 continue
-            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":
-                killed = 1
+            in_instruct = (tmp_path / "weight_reuse" / "runs" / "trial_0001" / "instruct").exists()
+            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and in_instruct:
+                killed = 1  # after its align stage ended: the run must not read FINISHED
                 break
         time.sleep(0.5)
-    assert killed is not None, "never saw trial 1 running after trial 0"
+    assert killed is not None, "never saw trial 1's instruct stage running after trial 0"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     rerun = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40, own_store=True)
@@ -168,6 +173,11 @@ def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_p
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert retried[0].user_attrs["grid_point"] == by_number[1].user_attrs["grid_point"]
     assert sorted(_complete_points(study).values()) == [1, 1, 1]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    dead = client.get_run(by_number[1].user_attrs["mlflow_run_id"])
+    assert dead.info.status == "FAILED" and dead.data.tags["optuna.state"] == "FAIL"
+    assert "stopped (no heartbeat" in dead.data.tags["error"]
+    assert client.get_run(retried[0].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
 
 
 def test_two_workers_split_the_grid_without_duplicates(probe_env, tmp_path):
@@ -253,7 +263,7 @@ def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, pro
         parents = [r for r in client.search_runs([exp]) if r.data.tags.get("sweep.role") == "study"]
         assert len(parents) == 1
         parent = parents[0]
-        trial = [r for r in client.search_runs([exp]) if r.info.run_name == "trial_0000"][0]
+        trial = [r for r in client.search_runs([exp]) if r.info.run_name == "aligner=reuse seed=0 (#0)"][0]
         args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
         with sync_playwright() as p:
@@ -265,10 +275,10 @@ def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, pro
             expect(study_link).to_be_visible(timeout=60000)
             row = page.get_by_role("row").filter(has=study_link)
             row.get_by_role("button").first.click()  # nested runs start collapsed: expand them
-            for name in ("trial_0000", "trial_0001", "trial_0002"):
+            for name in ("aligner=reuse seed=0 (#0)", "aligner=fresh seed=0 (#1)", "aligner=none seed=0 (#2)"):
                 expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=30000)
             page.goto(f"{base}/runs/{trial.info.run_id}")
-            expect(page.get_by_role("heading", name="trial_0000")).to_be_visible(timeout=30000)
+            expect(page.get_by_role("heading", name="aligner=reuse seed=0 (#0)")).to_be_visible(timeout=30000)
             expect(page.get_by_role("link", name="weight_reuse-study", exact=True)).to_be_visible()  # parent run
             expect(page.get_by_text("model.aligner", exact=True).first).to_be_visible()
             expect(page.get_by_text("objective", exact=True).first).to_be_visible()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +103,13 @@ def test_mlflow_store_holds_params_metrics_and_config(probe_env):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["params.model.aligner"] == "reuse" and run["params.trainer.max_steps"] == "12"
+    # the sizes of the model trained (the backbone folders' config.json), not the dataclass defaults
+    llm = json.loads((Path(_cfg(probe_env).model.llm.path) / "config.json").read_text())
+    vision = json.loads((Path(_cfg(probe_env).model.vision.path) / "config.json").read_text())["vision_config"]
+    assert run["params.model.llm.vocab_size"] == str(llm["vocab_size"]) != "128"
+    assert run["params.model.vision.image_size"] == str(vision["image_size"]) == "64"
+    saved = (Path(result["checkpoint"]).parent / "config.yaml").read_text()
+    assert f"vocab_size: {llm['vocab_size']}" in saved
     assert run["metrics.train/loss"] > 0 and "metrics.throughput/samples_per_s" in runs.columns
     assert run["metrics.val/loss"] > 0
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"])}

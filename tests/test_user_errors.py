@@ -54,3 +54,61 @@ def test_file_store_tracking_uri_is_refused(probe_env, tmp_path, capsys):
     err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
                                     "name=file_store", "trainer.max_steps=1", f"mlflow.tracking_uri=file://{tmp_path}"])
     assert "file store is off" in err
+
+
+def test_bare_train_asks_for_an_experiment_file(capsys):
+    err = _one_line_exit_2(capsys, ["train"])
+    assert "needs an experiment file" in err
+
+
+@pytest.mark.parametrize("kind", ["random", "empty"])
+def test_a_training_shard_that_is_not_a_tar_stops_in_seconds(probe_env, tmp_path, capsys, kind):
+    import time
+
+    shard = tmp_path / f"{kind}-000000.tar"
+    shard.write_bytes(b"" if kind == "empty" else bytes(range(256)) * 40)
+    start = time.perf_counter()
+    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+                                    f"name=broken_{kind}", f"data.train_shards={shard}", "trainer.max_steps=5"])
+    assert f"{kind}-000000.tar" in err and "can be read as a tar" in err
+    assert time.perf_counter() - start < 60
+
+
+def test_bad_sample_limit_reaches_the_user_as_one_line(probe_env, tmp_path, capsys):
+    import tarfile
+
+    shards = next(o.split("=", 1)[1] for o in probe_env["overrides"] if o.startswith("data.train_shards="))
+    first = shards.replace("{000000..000003}", "000000")
+    bad = tmp_path / "bad-000000.tar"
+    with tarfile.open(first) as src, tarfile.open(bad, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name.endswith(".png"):
+                data = b"\x89PNG broken"  # every image unreadable
+            member.size = len(data)
+            dst.addfile(member, __import__("io").BytesIO(data))
+    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+                                    "name=bad_samples", f"data.train_shards={bad}", "trainer.max_steps=5",
+                                    "data.max_bad_samples=3", "data.num_workers=1"])
+    assert "exceed data.max_bad_samples=3" in err and "bad-000000.tar" in err
+
+
+def _script(name, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    return subprocess.run([sys.executable, str(root / "data_pipelines" / name), *args], capture_output=True,
+                          text=True)
+
+
+def test_data_pipeline_scripts_answer_mistakes_in_one_line(tmp_path):
+    out = _script("index_shards.py", "--shards", str(tmp_path / "nothing-{000..003}.tar"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "index_shards.py: error: shard" in out.stderr and "nothing-000.tar does not exist" in out.stderr
+    (tmp_path / "records.json").write_text("{not json")
+    out = _script("llava_json.py", "--json", str(tmp_path / "records.json"), "--images", str(tmp_path),
+                  "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "records.json is not JSON" in out.stderr

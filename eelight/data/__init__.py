@@ -1,1 +1,1 @@
-"""Data: WebDataset shards, chat templates, the synthetic probe (DESIGN.md §3)."""
+"""Data: WebDataset shards, chat templates, the synthetic probe (docs/DESIGN.md §3)."""

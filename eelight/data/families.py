@@ -1,5 +1,5 @@
 """The graded probe's task families: scenes of increasing visual difficulty, each with its
-questions, its answer space and its chance level (DESIGN §6).
+questions, its answer space and its chance level (docs/DESIGN.md §6).
 
 | family | scene | question | answers (chance) |
 |---|---|---|---|

@@ -7,6 +7,11 @@
 Bad samples (unreadable image, missing text, bad JSON, truncated tar, no answer
 left after truncation) are skipped and counted by kind; past `max_bad_samples`
 or `max_bad_fraction` the skip turns into an error naming the shard and key.
+The counts are of distinct samples (a bad sample skipped on every pass over the
+data counts once; a broken shard counts once); the fraction compares bad reads
+with all reads, the same rate on every pass. A reader whose every shard is
+unreadable, or a pass that yields no batch at all, stops with an error naming
+the shards instead of starting the next pass forever.
 """
 
 from __future__ import annotations
@@ -53,10 +58,12 @@ class BadSampleCounter:
     min_seen_for_fraction: int = 100
 
     def __post_init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # distinct bad samples (shards, for `tar`) by kind
         self.seen = 0
+        self.bad_reads = 0  # every skip, a sample skipped on each of 3 passes 3 times
         self.urls: list[str] = []  # set by make_pipeline: names the shard of a tar error
         self._bad_shards: set[str] = set()
+        self._bad_keys: set[tuple[str | None, str | None, str]] = set()
 
     def saw(self, sample: dict[str, Any]) -> dict[str, Any]:
         """A pipeline stage before decoding: one more sample read."""
@@ -89,11 +96,22 @@ class BadSampleCounter:
             if shard in self._bad_shards:
                 return True
             self._bad_shards.add(shard)
+            if self.urls and self._bad_shards >= set(self.urls):
+                raise BadDataError(
+                    f"none of the {len(self.urls)} shard(s) can be read as a tar file ({_names(self.urls)}); "
+                    f"last: {_first_line(exn)}. Point the shard pattern at webdataset .tar shards") from exn
+        else:
+            self.bad_reads += 1
+            ident = (getattr(exn, "url", None), getattr(exn, "key", None), kind)
+            if ident[1] is not None and ident in self._bad_keys:  # the same sample on a later pass
+                return True
+            self._bad_keys.add(ident)
         self.counts[kind] += 1
         total = sum(self.counts.values())
+        bad_reads = self.bad_reads + self.counts["tar"]
         over_count = self.max_bad_samples is not None and total > self.max_bad_samples
         over_fraction = (self.max_bad_fraction is not None and self.read >= self.min_seen_for_fraction
-                         and total / self.read > self.max_bad_fraction)
+                         and bad_reads / self.read > self.max_bad_fraction)
         if over_count or over_fraction:
             where = f"shard {self.shard_of(exn)} key {getattr(exn, 'key', None)}"
             raise BadDataError(
@@ -104,6 +122,15 @@ class BadSampleCounter:
         return True
 
 
+def _names(urls: list[str], most: int = 3) -> str:
+    shown = ", ".join(urls[:most])
+    return shown + (f" and {len(urls) - most} more" if len(urls) > most else "")
+
+
+def _first_line(exn: Exception) -> str:
+    return (str(exn).strip().splitlines() or [type(exn).__name__])[0]
+
+
 def expand_urls(urls: str | list[str]) -> list[str]:
     """Brace-expanded shard list; local files must exist (a missing one is named)."""
     import braceexpand
@@ -111,31 +138,38 @@ def expand_urls(urls: str | list[str]) -> list[str]:
     out = [u for pattern in ([urls] if isinstance(urls, str) else urls) for u in braceexpand.braceexpand(pattern)]
     for url in out:
         local = not url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+        if local and Path(url.removeprefix("file:")).is_dir():
+            raise BadDataError(f"shard {url} is a directory, not a .tar file; check data.train_shards / "
+                               "data.val_shards")
         if local and not Path(url.removeprefix("file:")).is_file():
             raise FileNotFoundError(f"shard {url} does not exist; check data.train_shards / data.val_shards")
     return out
 
 
-def subset_keys(urls: list[str], n: int) -> set[str]:
-    """The first n sample keys in shard order, from the manifest beside the shards: the
-    n-sample subset is a prefix of the 2n-sample one, whatever the ranks and workers."""
+def subset_keys(urls: list[str], n: int) -> tuple[set[str], list[str]]:
+    """The first n sample keys in shard order, from the manifest beside the shards (the
+    n-sample subset is a prefix of the 2n-sample one, whatever the ranks and workers), and
+    the shards that hold them: the others need not be read on every pass."""
     by_name: dict[str, list[str]] = {}
     for folder in {str(Path(u).parent) for u in urls}:
         for split in read_manifest(folder)["splits"].values():
             for shard in split["shards"]:
                 by_name[str(Path(folder) / shard["path"])] = shard["keys"]
     keys: list[str] = []
+    holding: list[str] = []
     for url in urls:
         if url not in by_name:
             raise ValueError(f"data.subset needs the keys of shard {url}, which index.json beside it does not "
                              f"list; write them with python data_pipelines/index_shards.py --shards '<pattern>'")
+        if len(keys) < n and by_name[url]:
+            holding.append(url)
         keys += by_name[url]
     if len(keys) < n:
         raise ValueError(f"data.subset={n} but the shards hold {len(keys)} samples")
-    return set(keys[:n])
+    return set(keys[:n]), holding
 
 
-def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, processor, max_length: int,
+def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl, processor, max_length: int,
                  placement: str = "marker") -> dict[str, Any]:
     """A decoded webdataset sample -> tensors. Raises BadSample for what must be skipped.
     `processor` is a FastImageTransform; images stay uint8 until `collate`. `placement`:
@@ -159,7 +193,7 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl_name: str, p
         if not isinstance(turns, list) or not turns:
             raise BadSample("text", f"sample {sample.get('__key__')} has no conversation in .json", sample)
         try:
-            enc = encode(turns, template(tpl_name), tokenizer, max_length, placement)
+            enc = encode(turns, tpl, tokenizer, max_length, placement)
         except NoAnswerLeft as exn:
             raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
         except ValueError as exn:  # malformed turns
@@ -216,6 +250,7 @@ def _all_shards(src):
 
 def make_pipeline(
     urls: str | list[str], *, stage: str, tokenizer, processor, template_name: str = "probe",
+    system_prompt: str | None = None,
     image_placement: str = "marker", batch_size: int = 8, max_length: int = 64, shuffle: int = 0, seed: int = 0,
     subset: int | None = None, resampled: bool = False,
     counter: BadSampleCounter | None = None, max_batches: int | None = None, split_by_node: bool = True,
@@ -224,6 +259,10 @@ def make_pipeline(
     import webdataset as wds
 
     shard_urls = expand_urls(urls)
+    tpl = template(template_name, tokenizer, system_prompt)
+    keep: set[str] | None = None
+    if subset is not None:  # read only the shards that hold the subset (a 100-sample subset: one)
+        keep, shard_urls = subset_keys(shard_urls, subset)
     transform = processor if isinstance(processor, FastImageTransform) else FastImageTransform(processor)
     counter = counter or BadSampleCounter()
     counter.urls = shard_urls
@@ -236,15 +275,14 @@ def make_pipeline(
         if shuffle:
             stages.append(wds.detshuffle(len(shard_urls), seed=seed))
     stages.append(wds.tarfile_to_samples(handler=counter))
-    if subset is not None:
-        keep = subset_keys(shard_urls, subset)
+    if keep is not None:
         stages.append(wds.select(lambda s: s["__key__"] in keep))
     if shuffle:
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
     stages += [
         wds.map(counter.saw),
         wds.decode("pil", handler=counter),
-        wds.map(lambda s: make_example(s, stage, tokenizer, template_name, transform, max_length, image_placement),
+        wds.map(lambda s: make_example(s, stage, tokenizer, tpl, transform, max_length, image_placement),
                 handler=counter),
         wds.batched(batch_size, collation_fn=lambda b: _with_counts(collate(b, tokenizer.pad_token_id), counter),
                     partial=True),
@@ -256,6 +294,25 @@ def make_pipeline(
     return pipeline
 
 
+class NonEmptyLoader:
+    """Iterates a loader; a pass that yields no batch at all (every sample or shard bad) is an
+    error naming the shards, not an empty epoch after which training starts the next one."""
+
+    def __init__(self, loader, urls: list[str], counter: BadSampleCounter) -> None:
+        self.loader, self.urls, self.counter = loader, urls, counter
+
+    def __iter__(self):
+        n = 0
+        for batch in self.loader:
+            n += 1
+            yield batch
+        if n == 0 and self.urls:
+            raise BadDataError(f"a whole pass over {len(self.urls)} shard(s) ({_names(self.urls)}) gave no usable "
+                               f"sample (bad in this process: {dict(self.counter.counts) or 'none counted'}); "
+                               "check the shard pattern and the data (python data_pipelines/index_shards.py "
+                               "lists what each shard holds)")
+
+
 def make_loader(pipeline, num_workers: int = 0, epoch_batches: int | None = None):
     """A WebLoader over collated batches. `epoch_batches` fixes the epoch length per rank
     (counted in the main process, across its workers), so ranks stay in step."""
@@ -263,4 +320,5 @@ def make_loader(pipeline, num_workers: int = 0, epoch_batches: int | None = None
 
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                            persistent_workers=num_workers > 0)
-    return loader.with_epoch(epoch_batches) if epoch_batches else loader
+    loader = loader.with_epoch(epoch_batches) if epoch_batches else loader
+    return NonEmptyLoader(loader, pipeline.bad_counter.urls, pipeline.bad_counter)

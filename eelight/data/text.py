@@ -12,7 +12,10 @@ it stood: `encode` returns `image_offset`, the number of tokens before it, and
 the text on both sides of it is tokenised apart (as LLaVA's
 `tokenizer_image_token` does). With a template that drops the question's text
 (`plain`) the marker stands at the start of its turn. With no marker, or with
-`placement="start"`, the image comes first, before the text (DESIGN.md §1).
+`placement="start"`, the image comes first, before the text (docs/DESIGN.md §1).
+
+`data.template=auto` (`chat_template.AutoTemplate`) renders with the tokenizer's own
+`chat_template` instead of one of the built-in formats below.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ class ChatTemplate:
     assistant: str  # unsupervised prefix before an answer
     end_of_turn: str  # supervised, after an answer ("" = the tokenizer's EOS token)
     bos: bool = True  # prepend the tokenizer's BOS token
+
+    def pieces(self, turns: list[dict], placement: str = "marker", generation: bool = False
+               ) -> tuple[list[tuple[str, bool]], int | None]:
+        """(text, supervised) pieces and the piece index the image precedes; `generation`
+        ends with the assistant's prefix (a prompt to answer)."""
+        pieces, image_at = segments(turns, self, placement)
+        if generation and self.assistant:
+            pieces.append((self.assistant, False))
+        return pieces, image_at
 
 
 TEMPLATES: dict[str, ChatTemplate] = {
@@ -66,9 +78,20 @@ class NoAnswerLeft(ValueError):
     """Every supervised token was truncated away: the sample would train on nothing."""
 
 
-def template(name: str) -> ChatTemplate:
+def template(name: str, tokenizer=None, system_prompt: str | None = None):
+    """A built-in template by name, or `auto`: the tokenizer's own chat_template (with
+    `system_prompt` as a system turn when given), or for a tokenizer without one the
+    built-in `probe` format."""
+    if name == "auto":
+        from eelight.data.chat_template import AutoTemplate
+
+        if system_prompt is None and not getattr(tokenizer, "chat_template", None):
+            return TEMPLATES["probe"]
+        return AutoTemplate(tokenizer, system_prompt)
     if name not in TEMPLATES:
-        raise ValueError(f"data.template={name!r} is not a template; choose one of {sorted(TEMPLATES)}")
+        raise ValueError(f"data.template={name!r} is not a template; choose one of {['auto', *sorted(TEMPLATES)]}")
+    if system_prompt is not None:
+        raise ValueError(f"data.system_prompt is for data.template=auto; the built-in {name!r} has its own")
     return TEMPLATES[name]
 
 
@@ -156,7 +179,9 @@ def encode(
 ) -> Encoded:
     """Token ids, labels and the image's offset, truncated to max_length (an image whose
     marker was truncated away stands after the last token left)."""
-    ids, labels, offset = _assemble(*segments(turns, tpl, placement), tpl, tokenizer)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"data.image_placement={placement!r}; choose one of {list(PLACEMENTS)}")
+    ids, labels, offset = _assemble(*tpl.pieces(turns, placement), tpl, tokenizer)
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         raise NoAnswerLeft(f"no answer token left within data.max_length={max_length}")
@@ -168,10 +193,7 @@ def prompt(question: str, tpl: ChatTemplate, tokenizer, placement: str = "marker
     question without a marker gets one in front of it, as the training data has."""
     if IMAGE_MARKER not in question:
         question = IMAGE_MARKER + "\n" + question
-    pieces, image_at = segments([{"from": "human", "value": question}], tpl, placement)
-    if tpl.assistant:
-        pieces.append((tpl.assistant, False))
-    return _assemble(pieces, image_at, tpl, tokenizer)
+    return _assemble(*tpl.pieces([{"from": "human", "value": question}], placement, generation=True), tpl, tokenizer)
 
 
 def render(turns: list[dict], tpl: ChatTemplate, bos: str = "") -> str:
@@ -179,13 +201,19 @@ def render(turns: list[dict], tpl: ChatTemplate, bos: str = "") -> str:
     return bos + "".join(text for text, _ in segments(turns, tpl)[0])
 
 
-def check_template(tokenizer, name: str) -> None:
+def check_template(tokenizer, name: str, system_prompt: str | None = None) -> None:
     """When the tokenizer has its own `chat_template`, our template must render a
-    conversation exactly as it does; otherwise the labels would mask the wrong tokens."""
+    conversation exactly as it does; otherwise the labels would mask the wrong tokens.
+    `auto` is checked for splitting into turns (an error says why it cannot)."""
+    turns = [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "A1"},
+             {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    if name == "auto":
+        template(name, tokenizer, system_prompt).pieces(turns)
+        return
+    template(name, tokenizer, system_prompt)
     if not getattr(tokenizer, "chat_template", None) or name == "plain":
         return
-    turns = [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
-             {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    turns[0] = {"from": "human", "value": "Q1"}
     messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns]
     tpl = template(name)
     ours = render(turns, tpl, tokenizer.bos_token if tpl.bos and tokenizer.bos_token else "")

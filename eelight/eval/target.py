@@ -28,6 +28,7 @@ class Target:
     run_dir: Path | None = None  # a training run's folder
     run_cfg: Any = None  # its RunConfig
     step: int = 0
+    system_prompt: str | None = None  # data.template=auto's system turn, as trained
 
 
 def split_overrides(items: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -110,7 +111,7 @@ def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: 
     return Target(model.eval(), tokenizer, image_processor(cfg.model.vision, model.vision.image_size),
                   cfg.data.template, cfg.data.image_placement, _eval_config(cfg.eval, eval_over),
                   label=f"{cfg.name}/{cfg.stage}", variant_overrides=model_over, run_dir=folder, run_cfg=cfg,
-                  step=checkpoint_step(ckpt))
+                  step=checkpoint_step(ckpt), system_prompt=cfg.data.system_prompt)
 
 
 def _load_export(folder: Path, model_over: list[str], eval_over: list[str], other: list[str]) -> Target:
@@ -130,4 +131,5 @@ def _load_export(folder: Path, model_over: list[str], eval_over: list[str], othe
     return Target(model, AutoTokenizer.from_pretrained(str(folder)),
                   image_processor(model.cfg.vision, model.vision.image_size),
                   prompting.get("template", "probe"), prompting.get("image_placement", "marker"),
-                  _eval_config(None, eval_over), label=folder.name, variant_overrides=model_over)
+                  _eval_config(None, eval_over), label=folder.name, variant_overrides=model_over,
+                  system_prompt=prompting.get("system_prompt"))

@@ -1,4 +1,4 @@
-"""Self-attention (LLaVA) and composite attention (EE-MLLM), DESIGN.md §1.
+"""Self-attention (LLaVA) and composite attention (EE-MLLM), docs/DESIGN.md §1.
 
 Hidden states of one layer are a single tensor `h = [h_I; h_T]` of shape
 (B, Nv + Nt, d): Nv visual rows first, then Nt text rows. `x = norm1(h)`.

@@ -1,4 +1,4 @@
-"""Typed model configuration: the variant axes of DESIGN.md §1 and the named presets.
+"""Typed model configuration: the variant axes of docs/DESIGN.md §1 and the named presets.
 
 A model is `arch` (decoder | flamingo) plus the four axes that say how visual
 tokens move through a decoder layer (`visual_attn`, `aligner`, `aligner_ffn`,
@@ -116,6 +116,8 @@ class ModelConfig:
     aligner_init: str = "copy"
     aligner_ffn: bool = False
     projector_depth: int = 2
+    visual_pool: int = 1  # k: average-pool the k x k patch grid (k**2 times fewer visual tokens)
+    blind: bool = False  # every image replaced by a black one: same tokens and compute, no image information
     cross_every: int = 1  # flamingo: a gated cross-attention block before every k-th layer
     attn_impl: str = "auto"  # auto: flash-attn on CUDA when installed, else SDPA
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -145,6 +147,8 @@ class ModelConfig:
             )
         if self.projector_depth < 1:
             raise ValueError(f"model.projector_depth={self.projector_depth} must be >= 1")
+        if self.visual_pool < 1:
+            raise ValueError(f"model.visual_pool={self.visual_pool} must be >= 1 (1: no pooling)")
         if self.cross_every < 1:
             raise ValueError(f"model.cross_every={self.cross_every} must be >= 1")
 
@@ -162,6 +166,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llava_no_ffn": {"visual_attn": "self", "aligner_ffn": False},
     "ee_mllm_proj1": {"projector_depth": 1},
     "ee_mllm_proj3": {"projector_depth": 3},
+    # 2x2 average pooling of the patch grid: 4x fewer visual tokens (a study's positive control).
+    "ee_mllm_pool2": {"visual_pool": 2},
+    # The question-only baseline of VQA studies: a control that must lose wherever the image matters.
+    "ee_mllm_blind": {"blind": True},
 }
 
 

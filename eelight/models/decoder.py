@@ -1,7 +1,7 @@
 """Llama-family decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention, optional qkv
 bias for Qwen2) whose layers move visual rows as the model variant says.
 
-Input is one tensor h = [h_I; h_T] (B, Nv + Nt, d). Per layer (DESIGN.md §1):
+Input is one tensor h = [h_I; h_T] (B, Nv + Nt, d). Per layer (docs/DESIGN.md §1):
 
     h += attention(norm1(h))            rows updated as the attention class says
     h_T += FFN(norm2(h_T))              and h_I too when aligner_ffn=true

@@ -193,6 +193,20 @@ def resolve_llm(cfg: LLMConfig) -> tuple[LLMConfig, str]:
     return llm_config_from_hf(read_config(cfg.path), cfg.path)
 
 
+def resolve_model(cfg: ModelConfig) -> ModelConfig:
+    """The config as it will be trained: the LLM's and the vision tower's sizes read from their
+    folders' config.json (paths kept), so params and the saved config.yaml tell the truth."""
+    llm, _ = resolve_llm(cfg.llm)
+    vision = cfg.vision
+    if vision.path:
+        hf = vision_config_from_hf(read_config(vision.path))
+        vision = replace(vision, kind="siglip" if "siglip" in hf.model_type else "clip", image_size=hf.image_size,
+                         patch_size=hf.patch_size, hidden_size=hf.hidden_size,
+                         intermediate_size=hf.intermediate_size, num_layers=hf.num_hidden_layers,
+                         num_heads=hf.num_attention_heads)
+    return replace(cfg, llm=llm, vision=vision)
+
+
 def load_llm_weights(decoder: nn.Module, folder: str, family: str) -> None:
     source = f"LLM checkpoint {folder}"
     state = map_keys(read_safetensors(folder), LLM_KEY_RULES[family], LLM_SKIP, source)

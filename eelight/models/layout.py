@@ -2,7 +2,7 @@
 
 The sequence a sample means is `T[:m], I, T[m:]`: the visual tokens I stand
 where the marker was, after the first m text tokens (`image_offset = m`;
-m = 0 is DESIGN.md's [I; T], the default). The decoder's rows stay `[I; T]`
+m = 0 is docs/DESIGN.md's [I; T], the default). The decoder's rows stay `[I; T]`
 whatever m is: attention sees the order only through the RoPE positions and
 the causal mask, so each row gets its true position
 

@@ -18,7 +18,7 @@ from eelight.models.config import LLMConfig, ModelConfig, model_config
 from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
-from eelight.models.vision import VisionTower, vision_hf_config
+from eelight.models.vision import VisionTower, pool_grid, vision_hf_config
 
 IGNORE_INDEX = -100
 
@@ -47,14 +47,20 @@ class MLLM(nn.Module):
         self.vision = VisionTower(cfg.vision, vision_config)
         self.projector = Projector(self.vision.hidden_size, llm.hidden_size, cfg.projector_depth)
         self.decoder = Decoder(llm, cfg)
+        self._pooled_tokens = self.vision.num_tokens // cfg.visual_pool**2
+        if cfg.visual_pool > 1:  # fail at build time, not at the first batch
+            pool_grid(torch.zeros(1, self.vision.num_tokens, 1), cfg.visual_pool)
 
     @property
     def num_visual_tokens(self) -> int:
-        return self.vision.num_tokens
+        return self._pooled_tokens
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> visual tokens (B, Nv, d)."""
-        return self.projector(self.vision(pixel_values))
+        """(B, C, S, S) -> visual tokens (B, Nv, d), the patch grid pooled by `visual_pool`.
+        A `blind` model sees a black image whatever it is given."""
+        if self.cfg.blind:
+            pixel_values = torch.zeros_like(pixel_values)
+        return self.projector(pool_grid(self.vision(pixel_values), self.cfg.visual_pool))
 
     def _check_lengths(self, n_visual: int, n_text: int) -> None:
         if n_text == 0:

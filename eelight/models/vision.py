@@ -78,6 +78,22 @@ class VisionTower(nn.Module):
         return features[:, 1:] if self.drop_cls else features
 
 
+def pool_grid(features: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, side*side, d) patch features in row-major grid order -> (B, (side/k)**2, d), the
+    mean of each k x k block (the token-count reduction of e.g. LLaVA-NeXT's video pooling)."""
+    if k == 1:
+        return features
+    b, n, d = features.shape
+    side = int(round(n**0.5))
+    if side * side != n or side % k:
+        raise ValueError(
+            f"model.visual_pool={k} needs a square patch grid whose side is a multiple of {k}; "
+            f"the tower gives {n} tokens (keep vision.feature_select=patch, or pick another pool)"
+        )
+    grid = features.view(b, side // k, k, side // k, k, d)
+    return grid.mean(dim=(2, 4)).reshape(b, (side // k) ** 2, d)
+
+
 def image_processor(cfg: VisionConfig, image_size: int) -> Any:
     """The tower's `transformers` image processor: from `cfg.path` when it has a
     `preprocessor_config.json`, else CLIP/SigLIP defaults at `image_size`."""

@@ -12,6 +12,7 @@
     seeds: [0, 1, 2]                                  # repeats: a grid axis
     data_sizes: [500, 1000]                           # data.subset: a grid axis
     reference: "model.aligner=reuse"                  # report: paired differences against it
+    controls: ["model.aligner=none"]                  # report: must lose to the best variant
     objective: {metric: probe/accuracy, direction: maximize}   # any evaluator metric, e.g.
                                                   # textvqa/accuracy with eval.benchmarks=[textvqa]
 
@@ -67,6 +68,7 @@ class SweepConfig:
     pruner: str = "none"
     storage: str | None = None  # Optuna RDB URL; None: sqlite file under out_dir/<name>/
     reference: str | None = None  # the variant paired differences are taken against (None: the first)
+    controls: list[str] = field(default_factory=list)  # variants that must lose: the report checks they do
     out_dir: str = "sweeps_out"
 
     def grid_axes(self) -> dict[str, list[Any]]:

@@ -1,7 +1,10 @@
 """Sweep report: tables (CSV + Markdown) and PNG plots written to `sweeps_out/<name>/report/`
 and logged to the study's parent MLflow run. Statistics in `eelight.sweeps.stats`: means with
 95% Student-t intervals over seeds, paired differences against a reference variant (same seed
-and data size), and the smallest difference the study can detect at its seed count.
+and data size), the smallest difference the study can detect at its seed count, and for each
+control (`controls:` in the sweep file, a variant that must lose) whether it is separated from
+the best other variant per category: their 95% intervals do not overlap, i.e. the difference
+is larger than the two bands' half-widths together.
 
 A variant is a trial's grid parameters without the seed and data size. Figures are drawn only
 where the sweep supports them, with chance (dashed) and ceiling (dotted) marked and accuracy
@@ -57,12 +60,14 @@ def _size_key(size: Any) -> float:
 class Study:
     """The complete trials of a sweep, grouped for the statistics."""
 
-    def __init__(self, rows: list[dict[str, Any]], metric: str, reference: str | None = None) -> None:
+    def __init__(self, rows: list[dict[str, Any]], metric: str, reference: str | None = None,
+                 controls: list[str] | tuple[str, ...] = ()) -> None:
         self.rows = [r for r in rows if r["state"] == "COMPLETE"]
         self.metric = metric
         self.variants = sorted({r["variant"] for r in self.rows})
         self.sizes = sorted({r["data_size"] for r in self.rows}, key=_size_key)
         self.reference = reference if reference in self.variants else (self.variants[0] if self.variants else None)
+        self.controls = [c for c in controls if c in self.variants]
         prefix = metric + "/"
         self.categories = sorted({k.removeprefix("metric." + prefix) for r in self.rows for k in r
                                   if k.startswith("metric." + prefix) and k.count("/") == metric.count("/") + 1})
@@ -76,8 +81,24 @@ class Study:
         v = self.values(variant, size, category)
         return t_interval(list(v.values())) if v else None
 
-    def difference(self, variant: str, size: Any, category: str | None = None) -> Interval | None:
-        return paired(self.values(variant, size, category), self.values(self.reference, size, category))
+    def difference(self, variant: str, size: Any, category: str | None = None,
+                   reference: str | None = None) -> Interval | None:
+        return paired(self.values(variant, size, category), self.values(reference or self.reference, size, category))
+
+    def best(self, size: Any, category: str | None = None) -> str | None:
+        """The variant, controls excluded, with the highest mean."""
+        means = {v: i.mean for v in self.variants
+                 if v not in self.controls and (i := self.interval(v, size, category)) is not None}
+        return max(means, key=means.get) if means else None
+
+    def separated(self, control: str, size: Any, category: str | None = None) -> bool | None:
+        """Whether the control's and the best variant's 95% intervals do not overlap (None:
+        fewer than 2 seeds, no interval)."""
+        best = self.best(size, category)
+        a, b = self.interval(control, size, category), best and self.interval(best, size, category)
+        if a is None or b is None or a.low is None or b.low is None:
+            return None
+        return a.high < b.low or b.high < a.low
 
 
 def _chance(metric: str) -> tuple[dict[str, float], float | None]:
@@ -127,6 +148,8 @@ def markdown(study: Study, sweep: SweepConfig) -> str:
                 cells.append(_fmt(i) + ("" if v == study.reference or d is None else f"; Δ {_fmt(d, True)}"))
             ch = per_chance.get(c)
             lines.append(f"| {c} | {'–' if ch is None else f'{ch:.3f}'} | " + " | ".join(cells) + " |")
+    for control in study.controls:
+        lines += _control_lines(study, control, {None: chance, **per_chance})
     lines += ["", "## What the study can detect", ""]
     for size in study.sizes:
         diffs = [d for v in study.variants if v != study.reference and (d := study.difference(v, size))]
@@ -141,6 +164,25 @@ def markdown(study: Study, sweep: SweepConfig) -> str:
     if other:
         lines += ["", "Not complete: " + ", ".join(f"trial {r['trial']} {r['state']}" for r in other)]
     return "\n".join(lines) + "\n"
+
+
+def _control_lines(study: Study, control: str, per_chance: dict[str | None, float | None]) -> list[str]:
+    largest = study.sizes[-1]
+    lines = ["", f"## Control `{control}` against the best other variant at data size {largest}", "",
+             "Separated: the two 95% intervals do not overlap.", "",
+             "| category | chance | best variant | best [95% CI] | control [95% CI] | control - best, paired "
+             "[95% CI] | separated |", "|---|---|---|---|---|---|---|"]
+    for c in [None, *study.categories]:
+        best = study.best(largest, c)
+        if best is None:
+            continue
+        sep = study.separated(control, largest, c)
+        ch = per_chance.get(c)
+        lines.append(f"| {c or '(objective)'} | {'–' if ch is None else f'{ch:.3f}'} | {best} | "
+                     f"{_fmt(study.interval(best, largest, c))} | {_fmt(study.interval(control, largest, c))} | "
+                     f"{_fmt(study.difference(control, largest, c, reference=best), signed=True)} | "
+                     f"{'–' if sep is None else ('yes' if sep else 'no')} |")
+    return lines
 
 
 def _plots(study: Study, out: Path) -> list[Path]:
@@ -270,7 +312,7 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    analysed = Study(rows, sweep.objective.metric, sweep.reference)
+    analysed = Study(rows, sweep.objective.metric, sweep.reference, sweep.controls)
     (out / "summary.md").write_text(markdown(analysed, sweep))
     figures = _plots(analysed, out)
     for name in FIGURES - {p.name for p in figures}:  # a figure this sweep does not support must not linger

@@ -48,16 +48,38 @@ def _setup_lock(sweep: SweepConfig):
         yield
 
 
+class _StaleTrial:
+    """A trial whose worker died (its heartbeat went stale): Optuna marks it FAIL and the retry
+    callback queues its point again; its MLflow run, which nobody will end, is marked FAILED
+    with the reason, so the UI does not show a killed trial as RUNNING or FINISHED."""
+
+    def __init__(self, sweep: SweepConfig, retry) -> None:
+        self.sweep, self.retry = sweep, retry
+
+    def __call__(self, study, trial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            client, _ = sweep_client(self.sweep)
+            client.set_tag(run_id, "optuna.state", "FAIL")
+            client.set_tag(run_id, "error", f"the worker running trial {trial.number} stopped (no heartbeat for "
+                                            f"{GRACE_S} s: killed, preempted or crashed); its point is run again")
+            client.set_terminated(run_id, "FAILED")
+        self.retry(study, trial)
+
+
 def open_study(sweep: SweepConfig):
     """Create or load the study; enqueue the grid points it does not have yet."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     sampler = optuna.samplers.TPESampler(seed=0) if sweep.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.pruner == "median" else optuna.pruners.NopPruner()
-    with _setup_lock(sweep):  # creating the schema (Optuna's and MLflow's) races between workers
+    with _setup_lock(sweep), warnings.catch_warnings():  # the schema (Optuna's, MLflow's) races between workers
+        # Optuna 4.9+ names the retry of a stale trial RetryHeartbeatStaleTrialCallback (still "experimental")
+        warnings.simplefilter("ignore", ExperimentalWarning)
         storage = RDBStorage(storage_url(sweep), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                             failed_trial_callback=_StaleTrial(sweep, RetryHeartbeatStaleTrialCallback(max_retry=3)))
         study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=sweep.objective.direction, load_if_exists=True)
         have = {t.user_attrs.get("grid_point") for t in study.get_trials(deepcopy=False)}
@@ -112,7 +134,9 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
     parent = study.user_attrs["mlflow_parent_run_id"]
     ran = 0
     while max_trials is None or ran < max_trials:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting:
             if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

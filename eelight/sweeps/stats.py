@@ -1,4 +1,4 @@
-"""The statistics of a study (DESIGN §6): a variant is better only by more than the seed noise.
+"""The statistics of a study (docs/DESIGN.md §6): a variant is better only by more than the seed noise.
 
 - `t_interval`: mean and 95% Student-t interval over seeds (n >= 2; none for one seed).
 - `paired`: differences variant - reference over the seeds both ran at the same data size

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -55,12 +56,29 @@ def suggest_overrides(trial, sweep: SweepConfig) -> list[str]:
     return out
 
 
+def trial_label(point: dict[str, Any], number: int) -> str:
+    """What differs, as the MLflow run's name: `aligner=fresh seed=1 n=500` (`model.` and
+    `model_preset=` left out: `llava seed=0`), then the trial number."""
+    parts = []
+    for key, value in point.items():
+        if key in ("seed", "data_size", "repeat"):
+            continue
+        parts.append(str(value) if key == "model_preset" else f"{key.removeprefix('model.')}={value}")
+    parts.append(f"seed={point.get('seed')}")
+    if point.get("data_size") is not None:
+        parts.append(f"n={point['data_size']}")
+    if point.get("repeat"):
+        parts.append(f"repeat={point['repeat']}")
+    return " ".join(parts) + f" (#{number})"
+
+
 def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     """Returns (TrialState, objective value or None); never raises for a failed trial."""
     import optuna
     from optuna.trial import TrialState
 
     from eelight.eval.cost import forward_cost
+    from eelight.models.hf_loading import resolve_model
     from eelight.sweeps.tracking import sweep_client
     from eelight.training.run import train
 
@@ -73,11 +91,13 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     yamls = {s: sweep.experiment + sweep.stage_configs.get(s, []) for s in sweep.stages}
     final_cfg = load_run_config(yamls[last], base + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
     client, exp_id = sweep_client(sweep)
-    run_id = client.create_run(exp_id, run_name=name, tags={
+    run_id = client.create_run(exp_id, run_name=trial_label(point, trial.number), tags={
+        "run_dir": f"{sweep.out_dir}/{sweep.name}/runs/{name}",
         "mlflow.parentRunId": parent_run_id, "sweep": sweep.name, "optuna.trial": str(trial.number),
         "grid_point": trial.user_attrs["grid_point"]}).info.run_id
     trial.set_user_attr("mlflow_run_id", run_id)
-    _log_params(client, run_id, {**flat_params(final_cfg), **{f"trial.{k}": v for k, v in trial.params.items()}})
+    resolved = replace(final_cfg, model=resolve_model(final_cfg.model))  # the sizes trained, not the defaults
+    _log_params(client, run_id, {**flat_params(resolved), **{f"trial.{k}": v for k, v in trial.params.items()}})
     try:
         init_from, result, samples, start = None, {}, 0, time.perf_counter()
         for stage in sweep.stages:

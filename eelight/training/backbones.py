@@ -1,4 +1,4 @@
-"""Tiny *pretrained* backbones for CPU runs (DESIGN.md §2).
+"""Tiny *pretrained* backbones for CPU runs (docs/DESIGN.md §2).
 
 A frozen random LLM has nothing to align to, and weight reuse means nothing with
 random Wv, Wo. So, as the paper starts from CLIP and Vicuna, tiny runs start from:

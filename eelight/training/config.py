@@ -29,7 +29,8 @@ class DataConfig:
     train_shards: str = "data/probe/train-{000000..000003}.tar"
     val_shards: str | None = "data/probe/eval-{attribute,small,count,relation,compare,reading,document}-000000.tar"
     tokenizer: str = "data/probe/tokenizer"
-    template: str = "probe"
+    template: str = "auto"  # the tokenizer's own chat_template; without one, the built-in `probe` format
+    system_prompt: str | None = None  # template=auto: a system turn before the conversation
     image_placement: str = "marker"  # the visual tokens where `<image>` stands (none: first) | start: always first
     max_length: int = 64
     batch_size: int = 16
@@ -68,6 +69,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     ckpt_every_n_steps: int = 50
     val_every_n_steps: int | None = None  # None: validate only at the end
+    threads: int | None = None  # torch intra-op threads; None: this process's share of the cores (threads.py)
 
 
 @dataclass
@@ -100,6 +102,8 @@ class RunConfig:
         from eelight.eval.registry import check_names
 
         check_names(list(self.eval.benchmarks))
+        if self.trainer.threads is not None and self.trainer.threads < 1:
+            raise ValueError(f"trainer.threads={self.trainer.threads} must be >= 1 (or null: a share of the cores)")
         if self.data.image_placement not in PLACEMENTS:
             raise ValueError(
                 f"data.image_placement={self.data.image_placement!r} is not allowed; choose one of {list(PLACEMENTS)}"

@@ -37,5 +37,5 @@ class ShardDataModule(L.LightningDataModule):
     def _common(self) -> dict:
         d = self.cfg.data
         return dict(stage=self.cfg.stage, tokenizer=self.tokenizer, processor=self.processor,
-                    template_name=d.template, image_placement=d.image_placement, batch_size=d.batch_size,
+                    template_name=d.template, system_prompt=d.system_prompt, image_placement=d.image_placement, batch_size=d.batch_size,
                     max_length=d.max_length)

@@ -1,7 +1,7 @@
 """The LightningModule: next-token loss on label-masked tokens, per-stage freezing,
 parameter groups with their own learning rates, warmup + cosine schedule.
 
-Stages (DESIGN.md §2):
+Stages (docs/DESIGN.md §2):
 - align: projector + new parameters (aligner=fresh copies, Flamingo cross-attention
   and gates) train; the LLM and the vision tower are frozen.
 - instruct: projector + the whole LLM (new parameters included) train; vision frozen.

@@ -10,6 +10,8 @@ starts a new slice of the data with seed `data.seed + step`.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +55,23 @@ def make_logger(cfg: RunConfig):
         tags = {"stage": cfg.stage, "model_preset": cfg.model_preset}
         if cfg.mlflow.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.mlflow.parent_run_id
-    return MLFlowLogger(experiment_name=cfg.mlflow.experiment, run_name=run_name, tracking_uri=uri,
-                        artifact_location=artifacts, tags=tags, run_id=run_id, prefix=cfg.mlflow.prefix)
+    cls = _owned_run_logger() if cfg.mlflow.run_id else MLFlowLogger
+    return cls(experiment_name=cfg.mlflow.experiment, run_name=run_name, tracking_uri=uri,
+               artifact_location=artifacts, tags=tags, run_id=run_id, prefix=cfg.mlflow.prefix)
+
+
+def _owned_run_logger():
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class OwnedRunLogger(MLFlowLogger):
+        """Logs into a run someone else owns (a sweep trial's): the end of one stage does not end
+        the run; its owner sets the final state (FINISHED, FAILED, KILLED) once the trial is over."""
+
+        def finalize(self, status: str = "success") -> None:
+            if self._initialized and self._checkpoint_callback:
+                self._scan_and_log_checkpoints(self._checkpoint_callback)
+
+    return OwnedRunLogger
 
 
 def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
@@ -73,7 +90,7 @@ def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
         evaluator.load()  # a bad benchmark file stops the run before training, not after it
 
     def evaluate(model) -> dict[str, float]:
-        asker = Asker(model, tokenizer, FastImageTransform(processor), template(cfg.data.template),
+        asker = Asker(model, tokenizer, FastImageTransform(processor), template(cfg.data.template, tokenizer, cfg.data.system_prompt),
                       cfg.data.image_placement, cfg.eval.batch_size, cfg.eval.max_new_tokens)
         return {k: v for e in evaluators for k, v in run_benchmark(asker, e).metrics.items()}
 
@@ -82,13 +99,43 @@ def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
 
 def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     """Run one stage; returns the checkpoint path, MLflow run id and final metrics.
-    `callbacks`: extra Lightning callbacks (a sweep's pruning callback)."""
+    `callbacks`: extra Lightning callbacks (a sweep's pruning callback). torch's threads are
+    this process's share of the cores (`training.threads`) while it runs."""
+    from eelight.training.threads import ThreadShare, thread_callback
+
+    _quiet_third_party()
+    threads = ThreadShare(cfg.trainer.threads, cfg.data.num_workers)
+    threads.start()
+    try:
+        return _train(cfg, [*callbacks, thread_callback(threads)])
+    finally:
+        threads.stop()
+
+
+class _NoAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_third_party() -> None:
+    """Lines that tell the user nothing about their run: Lightning's LitLogger advert on every
+    stage, and a torch deprecation inside Lightning's own pytree helper."""
+    import warnings
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvert) for f in logger.filters):
+        logger.addFilter(_NoAdvert())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+
+
+def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from eelight.data.loader import expand_urls
     from eelight.data.text import check_template
     from eelight.data.tokenizer import load_tokenizer
+    from eelight.models.hf_loading import resolve_model
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
     from eelight.training.checkpoint import init_from_checkpoint
@@ -102,6 +149,7 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     )
     from eelight.training.module import MLLMModule
 
+    cfg = replace(cfg, model=resolve_model(cfg.model))  # sizes as trained: params, config.yaml, resume check
     mlflow_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
     if cfg.data.val_shards:
@@ -124,7 +172,10 @@ def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     if cfg.init_from and resume is None:
         init_from_checkpoint(model, cfg.init_from)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    check_template(tokenizer, cfg.data.template)
+    try:
+        check_template(tokenizer, cfg.data.template, cfg.data.system_prompt)
+    except ValueError as exn:
+        raise ConfigError(f"{exn} (tokenizer {cfg.data.tokenizer})") from exn
     processor = image_processor(cfg.model.vision, model.vision.image_size)
     data = ShardDataModule(cfg, tokenizer, processor, cfg.data.seed + resume_step)
     module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
