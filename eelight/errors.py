@@ -12,6 +12,12 @@ class UserError(Exception):
     """A mistake in what the user gave; the message names it and the fix, on one line."""
 
 
+class CheckpointError(UserError, ValueError):
+    """Weights that do not fit the model (an HF folder, a stage checkpoint, an export), or a file
+    that is not a checkpoint: names the file, the key and the fix. Raised by the one strict
+    loader, `hf_loading.load_strict`, and the readers around it."""
+
+
 def one_line(exn: BaseException) -> str:
     """The error's message on one line. An error raised in a DataLoader worker arrives with the
     worker's traceback in its text; its last line holds the message itself."""

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from eelight.errors import CheckpointError
 from eelight.models.config import ModelConfig
 
 
@@ -96,6 +97,7 @@ def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
+    from eelight.models.hf_loading import load_strict
     from eelight.models.mllm import MLLM
 
     folder = Path(folder)
@@ -106,14 +108,10 @@ def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):
                                                   OmegaConf.load(folder / "config.yaml"),
                                                   OmegaConf.from_dotlist(list(overrides))))
     except (OmegaConfBaseException, ValueError) as exn:
-        raise ValueError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
+        raise CheckpointError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
     vision_config = AutoConfig.from_pretrained(folder / "vision_config.json")
     model = MLLM(cfg, cfg.llm, vision_config)
-    missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
-    tied = {"decoder.lm_head.weight"} if cfg.llm.tie_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"{folder}/model.safetensors does not match config.yaml: missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}")
+    load_strict(model, load_file(folder / "model.safetensors"), f"{folder}/model.safetensors (against its config.yaml)")
     return model.eval()
 
 

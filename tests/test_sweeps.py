@@ -146,7 +146,7 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
 def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_path):
     proc = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40, own_store=True, start_new_session=True)
     db = tmp_path / "weight_reuse" / "study.db"
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # trial 1's instruct stage: two stages and a trial in, on a busy CI machine
     killed = None
     while time.time() < deadline and proc.poll() is None:
         if db.exists():

@@ -18,6 +18,23 @@ def _one_line_exit_2(capsys, argv) -> str:
     return err
 
 
+def _started_run_exit_2(argv) -> str:
+    """A real `eelight` process whose run had begun (its log lines come first): exit 2, no
+    traceback, and the error is the one last line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    out = subprocess.run([sys.executable, "-m", "eelight.cli", *argv], capture_output=True, text=True, env=env,
+                         timeout=300)
+    err = out.stderr.strip()
+    assert out.returncode == 2 and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert [line for line in lines if line.startswith("eelight: error:")] == lines[-1:], err
+    return lines[-1]
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata:\n  batch_size: [1, 2\n  template: probe\n")
@@ -62,19 +79,19 @@ def test_bare_train_asks_for_an_experiment_file(capsys):
 
 
 @pytest.mark.parametrize("kind", ["random", "empty"])
-def test_a_training_shard_that_is_not_a_tar_stops_in_seconds(probe_env, tmp_path, capsys, kind):
+def test_a_training_shard_that_is_not_a_tar_stops_in_seconds(probe_env, tmp_path, kind):
     import time
 
     shard = tmp_path / f"{kind}-000000.tar"
     shard.write_bytes(b"" if kind == "empty" else bytes(range(256)) * 40)
     start = time.perf_counter()
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
-                                    f"name=broken_{kind}", f"data.train_shards={shard}", "trainer.max_steps=5"])
+    err = _started_run_exit_2(["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+                               f"name=broken_{kind}", f"data.train_shards={shard}", "trainer.max_steps=5"])
     assert f"{kind}-000000.tar" in err and "can be read as a tar" in err
     assert time.perf_counter() - start < 60
 
 
-def test_bad_sample_limit_reaches_the_user_as_one_line(probe_env, tmp_path, capsys):
+def test_bad_sample_limit_reaches_the_user_as_one_line(probe_env, tmp_path):
     import tarfile
 
     shards = next(o.split("=", 1)[1] for o in probe_env["overrides"] if o.startswith("data.train_shards="))
@@ -87,9 +104,9 @@ def test_bad_sample_limit_reaches_the_user_as_one_line(probe_env, tmp_path, caps
                 data = b"\x89PNG broken"  # every image unreadable
             member.size = len(data)
             dst.addfile(member, __import__("io").BytesIO(data))
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
-                                    "name=bad_samples", f"data.train_shards={bad}", "trainer.max_steps=5",
-                                    "data.max_bad_samples=3", "data.num_workers=1"])
+    err = _started_run_exit_2(["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+                               "name=bad_samples", f"data.train_shards={bad}", "trainer.max_steps=5",
+                               "data.max_bad_samples=3", "data.num_workers=1"])
     assert "exceed data.max_bad_samples=3" in err and "bad-000000.tar" in err
 
 
@@ -112,3 +129,34 @@ def test_data_pipeline_scripts_answer_mistakes_in_one_line(tmp_path):
                   "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "records.json is not JSON" in out.stderr
+
+
+def test_hf_folder_whose_weights_do_not_match_its_config_is_one_line(probe_env, tmp_path, capsys):
+    import json
+    import shutil
+
+    llm = next(o.split("=", 1)[1] for o in probe_env["overrides"] if o.startswith("model.llm.path="))
+    bad = tmp_path / "llm"
+    shutil.copytree(llm, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_hidden_layers"] += 1
+    (bad / "config.json").write_text(json.dumps(cfg))
+    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+                                    "name=bad_hf", f"model.llm.path={bad}", "trainer.max_steps=1"])
+    assert f"is missing from LLM checkpoint {bad}" in err
+
+
+def test_export_whose_weights_do_not_match_its_config_is_one_line(probe_env, tmp_path, capsys):
+    from eelight.data.tokenizer import load_tokenizer
+    from eelight.export import save_export
+    from eelight.models import build_mllm, model_config
+    from eelight.models.vision import image_processor
+
+    tok = load_tokenizer(next(o.split("=", 1)[1] for o in probe_env["overrides"] if o.startswith("data.tokenizer=")))
+    model = build_mllm(model_config("ee_mllm"))
+    folder = save_export(model, tmp_path / "export", tok, image_processor(model.cfg.vision, 32),
+                         {"template": "probe", "image_placement": "marker"})
+    text = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(text.replace("projector_depth: 2", "projector_depth: 3"))
+    err = _one_line_exit_2(capsys, ["eval", str(folder), "benchmarks=[probe]", "--no-mlflow"])
+    assert "model.safetensors (against its config.yaml)" in err and "projector.net.4.weight" in err

@@ -128,6 +128,8 @@ def _names(urls: list[str], most: int = 3) -> str:
 
 
 def _first_line(exn: Exception) -> str:
+    if exn.args and isinstance(exn.args[0], str):  # webdataset: (message, stream, url)
+        return exn.args[0].strip().splitlines()[0] if exn.args[0].strip() else type(exn).__name__
     return (str(exn).strip().splitlines() or [type(exn).__name__])[0]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eelight.errors import UserError
+from eelight.errors import CheckpointError
 from eelight.models.config import LLMConfig, ModelConfig, VisionConfig
 
 LLM_FAMILIES = ("llama", "mistral", "qwen2")
@@ -46,10 +46,6 @@ LLM_KEY_RULES: dict[str, list[tuple[str, str]]] = {
 LLM_SKIP = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"]
 # The text half of a full CLIP / SigLIP checkpoint.
 VISION_SKIP = [r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"logit_(scale|bias)"]
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint folder that does not match the model: names the key and the fix."""
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

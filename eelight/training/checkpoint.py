@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from eelight.models.hf_loading import CheckpointError
+from eelight.errors import CheckpointError
+from eelight.models.hf_loading import load_strict
 from eelight.models.mllm import MLLM
 
 
@@ -24,7 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if Path(path).is_dir():
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is a sharded (FSDP) checkpoint folder; merge it first with `fabric consolidate {path}` "
             "and pass the consolidated file"
         )
@@ -47,16 +48,4 @@ def init_from_checkpoint(model: MLLM, path: str | Path) -> None:
     """Load a previous stage's weights; every tensor must match (a missing or mis-shaped
     projector is an error, never a silently random projector)."""
     state = {k.removeprefix("model."): v for k, v in read_checkpoint(path)["state_dict"].items()}
-    own = model.state_dict()
-    for key, value in own.items():
-        if key not in state:
-            raise ValueError(f"init_from={path} has no tensor {key!r}: it was trained with another model variant")
-        if state[key].shape != value.shape:
-            raise ValueError(
-                f"init_from={path}: tensor {key!r} has shape {tuple(state[key].shape)}, this model expects "
-                f"{tuple(value.shape)} (different model config?)"
-            )
-    extra = sorted(set(state) - set(own))
-    if extra:
-        raise ValueError(f"init_from={path} has tensor {extra[0]!r} that this model variant lacks")
-    model.load_state_dict(state)
+    load_strict(model, state, f"init_from={path} (trained with another model variant or config?)")

@@ -149,11 +149,11 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     )
     from eelight.training.module import MLLMModule
 
-    cfg = replace(cfg, model=resolve_model(cfg.model))  # sizes as trained: params, config.yaml, resume check
     mlflow_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
     if cfg.data.val_shards:
         expand_urls(cfg.data.val_shards)
+    cfg = replace(cfg, model=resolve_model(cfg.model))  # sizes as trained: params, config.yaml, resume check
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.ckpt"
