@@ -210,8 +210,8 @@ def test_all_answers_truncated_away_is_counted_not_trained_on(probe, proc):
 
 
 def _broken(tmp_path, kind):
-    path = tmp_path / f"{kind}-000000.tar"
-    if kind == "random":
+    path = tmp_path / f"{kind}-000000.tar{'.gz' if kind == 'gzip' else ''}"
+    if kind in ("random", "gzip"):  # gzip: a .tar.gz that is not gzip at all
         path.write_bytes(np.random.default_rng(0).bytes(5000))
     elif kind == "empty":
         path.write_bytes(b"")
@@ -220,7 +220,7 @@ def _broken(tmp_path, kind):
     return str(path)
 
 
-@pytest.mark.parametrize("kind", ["random", "empty", "directory"])
+@pytest.mark.parametrize("kind", ["random", "empty", "directory", "gzip"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_shards_that_are_not_tars_stop_the_reader(tmp_path, tok, proc, kind, workers):
     from eelight.data.loader import make_loader

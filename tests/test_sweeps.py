@@ -50,11 +50,14 @@ def finished(probe_env, tmp_path_factory):
     proc = _cli(probe_env, out, "sweep", SWEEP)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
-    return out, json.loads(stdout.strip().splitlines()[-1])
+    return out, json.loads(stdout.strip().splitlines()[-1]), stderr
 
 
 def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finished, probe_env):
-    out, summary = finished
+    out, summary, stderr = finished
+    progress = [line for line in stderr.splitlines() if line.startswith("[sweep weight_reuse] ")]
+    assert len(progress) == 3 and progress[-1].endswith("; 3/3 points done")  # one line per finished trial
+    assert progress[0].startswith("[sweep weight_reuse] aligner=reuse seed=0 (#0): COMPLETE probe/accuracy=")
     assert summary["ran"] == 3
     study = _study(out)
     assert set(_complete_points(study).values()) == {1} and len(_complete_points(study)) == 3
@@ -91,7 +94,7 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     from eelight.training.checkpoint import init_from_checkpoint
     from eelight.training.config import RunConfig
 
-    out, _ = finished
+    out, _, _ = finished
     proc = _cli(probe_env, out, "export", "--study", "weight_reuse", "--out", str(tmp_path / "exp"),
                 "--register", "eelight-weight-reuse")
     stdout, stderr = proc.communicate(timeout=300)

@@ -181,3 +181,11 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_last_checkpoint(probe_
     step = int(re.search(r"at step (\d+)", str(err.value)).group(1))
     assert step >= 1
     assert checkpoint_step(cfg.run_dir / "last.ckpt") == step  # the state before the bad step, kept
+
+
+def test_progress_lines_on_stderr(probe_env, capsys):
+    train(_cfg(probe_env, "name=progress", "trainer.max_steps=4", "trainer.progress_every_s=0.000001",
+               "data.val_shards=null"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[train progress/align]")]
+    assert [line.split()[3] for line in lines] == ["2/4", "3/4", "4/4"]  # from the second step on
+    assert lines[-1].endswith("samples/s, 0 s left") and " loss " in lines[-1]

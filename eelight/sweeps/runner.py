@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import sys
 import threading
 import time
 import warnings
@@ -154,11 +155,34 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
             study.tell(trial, state=TrialState.FAIL)  # raced for the last point: nothing to run
             continue
         ran += 1
+        start = time.perf_counter()
         with _Heartbeat(study._storage, trial._trial_id):
             state, value = run_trial(study, trial, sweep, parent)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        print(progress_line(study, sweep, trial.number, state.name, value, time.perf_counter() - start),
+              file=sys.stderr, flush=True)
     _summarise(study, sweep, parent)
     return {"study": sweep.name, "ran": ran, "trials": len(study.trials)}
+
+
+def progress_line(study, sweep: SweepConfig, number: int, state: str, value: float | None, seconds: float) -> str:
+    """One line per finished trial: what it was, its objective, the best so far, how far along."""
+    from optuna.trial import TrialState
+
+    from eelight.sweeps.trial import trial_label
+
+    trials = study.get_trials(deepcopy=False)
+    point = next((t.user_attrs.get("point", {}) for t in trials if t.number == number), {})
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "grid_point" in t.user_attrs]
+    metric = sweep.objective.metric
+    line = f"[sweep {sweep.name}] {trial_label(point, number)}: {state}"
+    line += f" {metric}={value:.4f}" if value is not None else ""
+    line += f" in {seconds:.0f} s"
+    if done:
+        pick = max if sweep.objective.direction == "maximize" else min
+        best = pick(done, key=lambda t: t.value)
+        line += f"; best {best.value:.4f} ({trial_label(best.user_attrs.get('point', {}), best.number)})"
+    return line + f"; {len({t.user_attrs['grid_point'] for t in done})}/{len(sweep.grid_points())} points done"
 
 
 def _summarise(study, sweep: SweepConfig, parent: str) -> None:

@@ -69,6 +69,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     ckpt_every_n_steps: int = 50
     val_every_n_steps: int | None = None  # None: validate only at the end
+    progress_every_s: float = 30.0  # a progress line on stderr at most this often (0: none)
     threads: int | None = None  # torch intra-op threads; None: this process's share of the cores (threads.py)
 
 

@@ -148,6 +148,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
         shard_fraction,
     )
     from eelight.training.module import MLLMModule
+    from eelight.training.progress import progress_callback
 
     mlflow_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
@@ -191,13 +192,15 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
         if not resume_step and not cfg.mlflow.run_id:
             logger.log_hyperparams(flat_params(cfg))
     t = cfg.trainer
+    progress = [progress_callback(f"{cfg.name}/{cfg.stage}", t.max_steps, t.progress_every_s)
+                ] if t.progress_every_s and rank_zero_only.rank == 0 else []
     checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
                                  every_n_train_steps=t.ckpt_every_n_steps)
     trainer = L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=make_strategy(t), precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, logger=logger,
-        callbacks=[checkpoint, *callbacks], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
+        callbacks=[checkpoint, *callbacks, *progress], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
         limit_val_batches=0 if t.val_every_n_steps is None else None,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         enable_progress_bar=False, enable_model_summary=False,
