@@ -74,7 +74,6 @@ def main(overrides: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--prepare-only"]:
-        prepare()  # what `make sweep` needs before its trials
-    else:
-        main()
+    from eelight.errors import run_script
+
+    run_script(prepare if sys.argv[1:] == ["--prepare-only"] else main, "eelight demo")

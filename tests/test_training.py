@@ -189,3 +189,20 @@ def test_progress_lines_on_stderr(probe_env, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[train progress/align]")]
     assert [line.split()[3] for line in lines] == ["2/4", "3/4", "4/4"]  # from the second step on
     assert lines[-1].endswith("samples/s, 0 s left") and " loss " in lines[-1]
+
+
+def test_a_run_saved_by_an_earlier_eelight_resumes(probe_env):
+    """Its config.yaml lacks keys added since and has the dataclass default sizes (the model
+    came from the backbone folders): neither is a change of config."""
+    import yaml
+
+    first = train(_cfg(probe_env, "name=older", "trainer.max_steps=2", "data.val_shards=null"))
+    saved = Path(first["checkpoint"]).parent / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["model"]["blind"], old["model"]["visual_pool"], old["data"]["system_prompt"]
+    old["model"]["llm"].update(hidden_size=64, num_layers=2, vocab_size=128)  # as written before resolving
+    saved.write_text(yaml.safe_dump(old))
+    again = train(_cfg(probe_env, "name=older", "trainer.max_steps=4", "data.val_shards=null"))
+    assert again["resumed_from_step"] == 2 and again["global_step"] == 4
+    with pytest.raises(ValueError, match=r"model.aligner: 'reuse' -> 'fresh'"):
+        train(_cfg(probe_env, "name=older", "trainer.max_steps=6", "model.aligner=fresh", "data.val_shards=null"))

@@ -188,6 +188,18 @@ RESUME_MAY_CHANGE = ("trainer.", "mlflow.", "out_dir", "init_from", "data.num_wo
 RESUME_MUST_MATCH = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
 
 
+def saved_config(saved_yaml: str) -> RunConfig | None:
+    """A run's saved config.yaml as a RunConfig, keys added since it was written at their
+    defaults (None: it no longer loads, e.g. a key that was removed)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(saved_yaml)))
+    except (OmegaConfBaseException, ValueError):
+        return None
+
+
 def resume_conflicts(saved_yaml: str, cfg: RunConfig) -> list[str]:
     """`key: saved -> now` for each setting that differs from the run being resumed."""
     from omegaconf import OmegaConf

@@ -15,7 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eelight.training.config import ConfigError, RunConfig, flat_params, resume_conflicts, to_yaml
+from eelight.errors import UserError
+from eelight.training.config import (
+    ConfigError,
+    RunConfig,
+    flat_params,
+    resume_conflicts,
+    saved_config,
+    to_yaml,
+)
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -128,6 +136,20 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
+def _as_trained(saved_yaml: str) -> str:
+    """A saved config.yaml with today's defaults for keys added since and its model sizes
+    resolved, as `cfg` is: a run written by an earlier eelight resumes when nothing changed."""
+    from eelight.models.hf_loading import resolve_model
+
+    saved = saved_config(saved_yaml)
+    if saved is None:
+        return saved_yaml
+    try:
+        return to_yaml(replace(saved, model=resolve_model(saved.model)))
+    except (UserError, FileNotFoundError):
+        return to_yaml(saved)  # its backbone folders are gone: compare as written
+
+
 def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -160,7 +182,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     last = run_dir / "last.ckpt"
     resume = resume_checkpoint(run_dir)
     saved = run_dir / "config.yaml"
-    if resume and saved.exists() and (conflicts := resume_conflicts(saved.read_text(), cfg)):
+    if resume and saved.exists() and (conflicts := resume_conflicts(_as_trained(saved.read_text()), cfg)):
         raise ConfigError(
             f"{resume} was trained with another config ({'; '.join(conflicts)}); a rerun resumes it "
             f"with its own model, data and optimiser. Use a new name=, or delete {run_dir} to start over"
