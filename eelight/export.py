@@ -132,10 +132,10 @@ def best_trial_export(sweep, out: str | Path, register_as: str | None = None) ->
     """Export the study's best trial (and optionally register it)."""
     import optuna
 
-    from eelight.sweeps.runner import storage_url
+    from eelight.sweeps.runner import make_storage
     from eelight.training.run import mlflow_uri
 
-    study = optuna.load_study(study_name=sweep.name, storage=storage_url(sweep))
+    study = optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     best = study.best_trial  # raises if no trial completed
     ckpt = Path(best.user_attrs["checkpoint"])
     card = {"title": f"{sweep.name} trial {best.number}", "metrics": {sweep.objective.metric: best.value,

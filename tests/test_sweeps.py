@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -191,6 +192,25 @@ def test_two_workers_split_the_grid_without_duplicates(probe_env, tmp_path):
     ran = [json.loads(o.strip().splitlines()[-1])["ran"] for o, _ in outs]
     assert sum(ran) == 3
     assert sorted(_complete_points(_study(tmp_path)).values()) == [1, 1, 1]
+
+
+def test_two_workers_on_a_journal_file_split_the_grid_without_duplicates(probe_env, tmp_path):
+    """Optuna's JournalStorage on a file (no database server): every point runs exactly once."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    sweep = tmp_path / "journal.yaml"
+    sweep.write_text((Path(SWEEP).read_text() + f"\nstorage: journal:{tmp_path}/study.journal\n")
+                     .replace("name: weight_reuse", "name: journal_sweep"))
+    workers = [_cli(probe_env, tmp_path, "sweep", str(sweep), steps=10, own_store=True) for _ in range(2)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, outs, strict=True):
+        assert w.returncode == 0, err[-3000:]
+    assert sum(json.loads(o.strip().splitlines()[-1])["ran"] for o, _ in outs) == 3
+    study = optuna.load_study(study_name="journal_sweep",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "study.journal"))))
+    assert sorted(_complete_points(study).values()) == [1, 1, 1]
+    assert not (tmp_path / "journal_sweep" / "study.db").exists()  # no SQLite file was used
 
 
 def test_bad_sweep_files_fail_before_any_trial(tmp_path):

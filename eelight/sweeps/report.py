@@ -298,10 +298,10 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
     """Write the tables and plots for the sweep's study; log them to its parent run."""
     import optuna
 
-    from eelight.sweeps.runner import storage_url
+    from eelight.sweeps.runner import make_storage
     from eelight.sweeps.tracking import sweep_client
 
-    study = study or optuna.load_study(study_name=sweep.name, storage=storage_url(sweep))
+    study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     rows = trial_rows(study)
     if not any(r["state"] == "COMPLETE" for r in rows):
         raise ValueError(f"study {sweep.name!r} has no complete trial yet: nothing to report")

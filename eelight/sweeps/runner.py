@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,41 @@ warnings.filterwarnings("ignore", message=".*heartbeat_interval.*")
 
 
 def storage_url(sweep: SweepConfig) -> str:
+    """The study's storage: `sweep.storage` (an RDB URL, or `journal:PATH` for Optuna's
+    JournalStorage on a file), else a SQLite file under out_dir/<name>/."""
     if sweep.storage:
         return sweep.storage
     folder = Path(sweep.out_dir, sweep.name).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder}/study.db"
+
+
+JOURNAL = "journal:"
+
+
+def make_storage(sweep: SweepConfig, failed_trial_callback=None):
+    """An Optuna storage object for the sweep. `journal:PATH`: JournalStorage on a file (no
+    database server; file locks, so it works on a shared filesystem where SQLite does not).
+    Optuna gives JournalStorage no heartbeats: a killed worker's trial stays RUNNING and is not
+    retried (use an RDB storage where workers get preempted)."""
+    from optuna.storages import RDBStorage
+
+    url = storage_url(sweep)
+    if url.startswith(JOURNAL):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix(JOURNAL)).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                      failed_trial_callback=failed_trial_callback)
+
+
+def has_heartbeat(storage) -> bool:
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    return isinstance(storage, BaseHeartbeat)
 
 
 @contextmanager
@@ -72,15 +102,14 @@ def open_study(sweep: SweepConfig):
     """Create or load the study; enqueue the grid points it does not have yet."""
     import optuna
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     sampler = optuna.samplers.TPESampler(seed=0) if sweep.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.pruner == "median" else optuna.pruners.NopPruner()
     with _setup_lock(sweep), warnings.catch_warnings():  # the schema (Optuna's, MLflow's) races between workers
         # Optuna 4.9+ names the retry of a stale trial RetryHeartbeatStaleTrialCallback (still "experimental")
         warnings.simplefilter("ignore", ExperimentalWarning)
-        storage = RDBStorage(storage_url(sweep), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             failed_trial_callback=_StaleTrial(sweep, RetryHeartbeatStaleTrialCallback(max_retry=3)))
+        storage = make_storage(sweep, _StaleTrial(sweep, RetryHeartbeatStaleTrialCallback(max_retry=3)))
         study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=sweep.objective.direction, load_if_exists=True)
         have = {t.user_attrs.get("grid_point") for t in study.get_trials(deepcopy=False)}
@@ -133,14 +162,17 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
 
     study = open_study(sweep)
     parent = study.user_attrs["mlflow_parent_run_id"]
+    heartbeat = has_heartbeat(study._storage)
     ran = 0
     while max_trials is None or ran < max_trials:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        if heartbeat:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if not waiting:
-            if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # Without heartbeats a RUNNING trial may belong to a dead worker: never wait for it.
+            if heartbeat and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 time.sleep(HEARTBEAT_S)  # another worker's trial, or a stale one about to be retried
                 continue
             break
@@ -149,14 +181,14 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
         except KeyError:  # SQLite: the WAITING trial was taken by another worker mid-read; try again
             time.sleep(0.2)
             continue
-        # First heartbeat at once: a RUNNING trial without any heartbeat can never go stale.
-        study._storage.record_heartbeat(trial._trial_id)
+        if heartbeat:  # the first heartbeat at once: a RUNNING trial without one can never go stale
+            study._storage.record_heartbeat(trial._trial_id)
         if "grid_point" not in trial.user_attrs or _duplicate(study, trial):
             study.tell(trial, state=TrialState.FAIL)  # raced for the last point: nothing to run
             continue
         ran += 1
         start = time.perf_counter()
-        with _Heartbeat(study._storage, trial._trial_id):
+        with _Heartbeat(study._storage, trial._trial_id) if heartbeat else nullcontext():
             state, value = run_trial(study, trial, sweep, parent)
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         print(progress_line(study, sweep, trial.number, state.name, value, time.perf_counter() - start),
