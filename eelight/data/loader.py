@@ -300,16 +300,17 @@ class NonEmptyLoader:
     """Iterates a loader; a pass that yields no batch at all (every sample or shard bad) is an
     error naming the shards, not an empty epoch after which training starts the next one."""
 
-    def __init__(self, loader, urls: list[str], counter: BadSampleCounter) -> None:
-        self.loader, self.urls, self.counter = loader, urls, counter
+    def __init__(self, loader, counter: BadSampleCounter) -> None:
+        self.loader, self.counter = loader, counter
 
     def __iter__(self):
         n = 0
         for batch in self.loader:
             n += 1
             yield batch
-        if n == 0 and self.urls:
-            raise BadDataError(f"a whole pass over {len(self.urls)} shard(s) ({_names(self.urls)}) gave no usable "
+        urls = self.counter.urls
+        if n == 0 and urls:
+            raise BadDataError(f"a whole pass over {len(urls)} shard(s) ({_names(urls)}) gave no usable "
                                f"sample (bad in this process: {dict(self.counter.counts) or 'none counted'}); "
                                "check the shard pattern and the data (python data_pipelines/index_shards.py "
                                "lists what each shard holds)")
@@ -323,4 +324,4 @@ def make_loader(pipeline, num_workers: int = 0, epoch_batches: int | None = None
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                            persistent_workers=num_workers > 0)
     loader = loader.with_epoch(epoch_batches) if epoch_batches else loader
-    return NonEmptyLoader(loader, pipeline.bad_counter.urls, pipeline.bad_counter)
+    return NonEmptyLoader(loader, pipeline.bad_counter)

@@ -205,17 +205,15 @@ def check_template(tokenizer, name: str, system_prompt: str | None = None) -> No
     """When the tokenizer has its own `chat_template`, our template must render a
     conversation exactly as it does; otherwise the labels would mask the wrong tokens.
     `auto` is checked for splitting into turns (an error says why it cannot)."""
-    turns = [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "A1"},
+    turns = [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
              {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    tpl = template(name, tokenizer, system_prompt)
     if name == "auto":
-        template(name, tokenizer, system_prompt).pieces(turns)
+        tpl.pieces([{"from": "human", "value": "<image>\nQ1"}, *turns[1:]])
         return
-    template(name, tokenizer, system_prompt)
     if not getattr(tokenizer, "chat_template", None) or name == "plain":
         return
-    turns[0] = {"from": "human", "value": "Q1"}
     messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns]
-    tpl = template(name)
     ours = render(turns, tpl, tokenizer.bos_token if tpl.bos and tokenizer.bos_token else "")
     theirs = tokenizer.apply_chat_template(messages, tokenize=False)
     if ours != theirs:

@@ -98,8 +98,9 @@ def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
         evaluator.load()  # a bad benchmark file stops the run before training, not after it
 
     def evaluate(model) -> dict[str, float]:
-        asker = Asker(model, tokenizer, FastImageTransform(processor), template(cfg.data.template, tokenizer, cfg.data.system_prompt),
-                      cfg.data.image_placement, cfg.eval.batch_size, cfg.eval.max_new_tokens)
+        tpl = template(cfg.data.template, tokenizer, cfg.data.system_prompt)
+        asker = Asker(model, tokenizer, FastImageTransform(processor), tpl, cfg.data.image_placement,
+                      cfg.eval.batch_size, cfg.eval.max_new_tokens)
         return {k: v for e in evaluators for k, v in run_benchmark(asker, e).metrics.items()}
 
     return evaluate
@@ -108,7 +109,7 @@ def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
 def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     """Run one stage; returns the checkpoint path, MLflow run id and final metrics.
     `callbacks`: extra Lightning callbacks (a sweep's pruning callback). torch's threads are
-    this process's share of the cores (`training.threads`) while it runs."""
+    this process's share of the cores (`training/threads.py`, `trainer.threads`) while it runs."""
     from eelight.training.threads import ThreadShare, thread_callback
 
     _quiet_third_party()
