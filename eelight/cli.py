@@ -38,7 +38,8 @@ def _train(args: argparse.Namespace) -> None:
 def _backbones(args: argparse.Namespace) -> None:
     from eelight.training.backbones import BackboneConfig, build_backbones
 
-    cfg = BackboneConfig(lm_steps=args.lm_steps, clip_steps=args.clip_steps)
+    steps = {"lm_steps": args.lm_steps, "clip_steps": args.clip_steps}
+    cfg = BackboneConfig(**{k: v for k, v in steps.items() if v is not None})  # unset: the defaults
     print(json.dumps(build_backbones(args.probe, args.out, cfg)))
 
 
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("backbones", help="pretrain (or reuse) the tiny LM and CLIP backbones")
     p.add_argument("--probe", default="data/probe")
     p.add_argument("--out", default=".cache/backbones")
-    p.add_argument("--lm-steps", type=int, default=300)
-    p.add_argument("--clip-steps", type=int, default=300)
+    p.add_argument("--lm-steps", type=int, default=None, help="default 300")
+    p.add_argument("--clip-steps", type=int, default=None, help="default 1200")
     p.set_defaults(fn=_backbones)
     p = sub.add_parser("sweep", help="run (or resume, or join) an Optuna study from a sweep file")
     p.add_argument("file")
