@@ -44,8 +44,9 @@ def _chance() -> str:
 
 
 def main(overrides: list[str] | None = None) -> dict:
+    from eelight.tracking import tracking_uri
     from eelight.training.config import load_run_config
-    from eelight.training.run import mlflow_uri, train
+    from eelight.training.run import train
 
     overrides = list(sys.argv[1:] if overrides is None else overrides)
     start = time.perf_counter()
@@ -65,7 +66,7 @@ def main(overrides: list[str] | None = None) -> dict:
     scores = evaluate(str(instruct_cfg.run_dir), [f"benchmarks=[{','.join(BENCHMARKS)}]",
                                                   f"eval.data_root={BENCHMARK_FILES}", f"data.val_samples={EVAL_IMAGES}"])
     print(f"[demo] {time.perf_counter() - start:.0f}s in all")
-    uri, _ = mlflow_uri(instruct_cfg)
+    uri, _ = tracking_uri(instruct_cfg)
     print(f"\n[demo] MLflow store: {uri} (experiment '{instruct_cfg.mlflow.experiment}', runs "
           f"{align['mlflow_run_id']} and {instruct['mlflow_run_id']})")
     print(f"[demo] checkpoints: {align['checkpoint']}\n                    {instruct['checkpoint']}")

@@ -1,5 +1,5 @@
-"""Export a trained model to a self-contained folder, load it back in one call, and
-register it in the MLflow model registry.
+"""Export a trained model to a self-contained folder, load it back in one call, export a
+study's best trial (registering it in MLflow's model registry: `eelight.tracking`).
 
     exported/
       model.safetensors       every tensor of the model
@@ -14,12 +14,10 @@ register it in the MLflow model registry.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eelight.errors import CheckpointError
-from eelight.models.config import ModelConfig
+from eelight.models.config import ModelConfig, portable_config
 
 
 def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Path,
@@ -40,28 +38,14 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
                  "system_prompt": run_cfg.data.system_prompt}
     out = save_export(model, out, load_tokenizer(run_cfg.data.tokenizer),
                       image_processor(run_cfg.model.vision, model.vision.image_size), prompting)
-    _model_card(out, _portable(model.cfg), run_cfg, card or {})
+    _model_card(out, portable_config(model.cfg), run_cfg, card or {})
     return out
 
 
-def _portable(cfg: ModelConfig) -> ModelConfig:
-    """The model config without local paths (sizes stay resolved)."""
-    return replace(cfg, llm=replace(cfg.llm, path=None), vision=replace(cfg.vision, path=None))
-
-
 def save_export(model, out: str | Path, tokenizer, processor, prompting: dict[str, str]) -> Path:
-    """Write a model and what it needs to be asked questions as an export folder (no card)."""
-    from omegaconf import OmegaConf
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.cfg.llm.tie_embeddings:
-        state.pop("decoder.lm_head.weight")  # safetensors refuses shared tensors; re-tied on load
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(_portable(model.cfg))))
-    model.vision.model.config.to_json_file(out / "vision_config.json")
+    """Write a model (`MLLM.save_pretrained`) and what it needs to be asked questions
+    (tokenizer, image processor, prompting) as an export folder (no card)."""
+    out = model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "prompt.json").write_text(json.dumps(prompting, indent=1))
@@ -90,53 +74,25 @@ def _model_card(out: Path, cfg: ModelConfig, run_cfg, card: dict[str, Any]) -> N
 
 
 def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):
-    """Rebuild an exported model in one call (eval mode, CPU). `overrides`: model-config
-    dot-list changes that keep the parameters (e.g. `visual_attn=none`: EE-MLLM-F)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    from eelight.models.hf_loading import load_strict
+    """Rebuild an exported model in one call (eval mode, CPU): `MLLM.from_pretrained`."""
     from eelight.models.mllm import MLLM
 
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{folder} is not an eelight export (no model.safetensors)")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                                  OmegaConf.load(folder / "config.yaml"),
-                                                  OmegaConf.from_dotlist(list(overrides))))
-    except (OmegaConfBaseException, ValueError) as exn:
-        raise CheckpointError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
-    vision_config = AutoConfig.from_pretrained(folder / "vision_config.json")
-    model = MLLM(cfg, cfg.llm, vision_config)
-    load_strict(model, load_file(folder / "model.safetensors"), f"{folder}/model.safetensors (against its config.yaml)")
-    return model.eval()
+    return MLLM.from_pretrained(folder, overrides)
 
 
-def register(folder: str | Path, name: str, tracking_uri: str, run_id: str) -> Any:
-    """Register the folder in the MLflow model registry as a pyfunc model (logged under `run_id`)."""
-    import mlflow
-
-    from eelight.mlflow_pyfunc import EelightModel, signature
-
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=EelightModel(), signature=signature(),
-                                       artifacts={"model_dir": str(folder)}, pip_requirements=["eelight"])
-    return mlflow.register_model(info.model_uri, name)
-
-
-def best_trial_export(sweep, out: str | Path, register_as: str | None = None) -> dict[str, Any]:
-    """Export the study's best trial (and optionally register it)."""
+def best_trial(sweep):
+    """The study's best complete trial (Optuna's FrozenTrial); raises if none completed."""
     import optuna
 
     from eelight.sweeps.runner import make_storage
-    from eelight.training.run import mlflow_uri
 
     study = optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
-    best = study.best_trial  # raises if no trial completed
+    return study.best_trial
+
+
+def best_trial_export(sweep, out: str | Path, register_as: str | None = None) -> dict[str, Any]:
+    """Export the study's best trial (and optionally register it in the model registry)."""
+    best = best_trial(sweep)
     ckpt = Path(best.user_attrs["checkpoint"])
     card = {"title": f"{sweep.name} trial {best.number}", "metrics": {sweep.objective.metric: best.value,
             **{k: v for k, v in best.user_attrs.get("metrics", {}).items()}},
@@ -144,9 +100,9 @@ def best_trial_export(sweep, out: str | Path, register_as: str | None = None) ->
     folder = export_model(ckpt.parent / "config.yaml", ckpt, out, card)
     result: dict[str, Any] = {"trial": best.number, "value": best.value, "folder": str(folder)}
     if register_as:
-        from eelight.training.config import load_run_config
+        from eelight.tracking import Tracking, register_model
 
-        uri, _ = mlflow_uri(load_run_config(sweep.experiment, sweep.overrides))
-        version = register(folder, register_as, uri, best.user_attrs["mlflow_run_id"])
+        uri = Tracking.of_sweep(sweep).uri
+        version = register_model(folder, register_as, uri, best.user_attrs["mlflow_run_id"])
         result["registered"] = {"name": register_as, "version": version.version}
     return result

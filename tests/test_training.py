@@ -206,3 +206,24 @@ def test_a_run_saved_by_an_earlier_eelight_resumes(probe_env):
     assert again["resumed_from_step"] == 2 and again["global_step"] == 4
     with pytest.raises(ValueError, match=r"model.aligner: 'reuse' -> 'fresh'"):
         train(_cfg(probe_env, "name=older", "trainer.max_steps=6", "model.aligner=fresh", "data.val_shards=null"))
+
+
+def test_a_checkpoint_is_written_after_its_step_is_logged(probe_env):
+    """A kill during or just after a save must not lose the saved step's metric points: when
+    step k's checkpoint is written, MLflow already holds train/loss for steps 1..k."""
+    import lightning as L
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            run_id = trainer.logger.run_id
+            seen.append((checkpoint["global_step"], len(_losses(probe_env, run_id))))
+
+    result = train(_cfg(probe_env, "name=flushed", "trainer.max_steps=7", "trainer.ckpt_every_n_steps=3",
+                        "trainer.log_every_n_steps=1", "data.val_shards=null"), callbacks=[Probe()])
+    assert [step for step, _ in seen] == [3, 6, 7]  # the end too: 7 is not a multiple of 3
+    assert all(points == step for step, points in seen), seen
+    from eelight.training.checkpoint import read_checkpoint
+
+    assert read_checkpoint(result["checkpoint"])["global_step"] == 7

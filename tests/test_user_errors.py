@@ -1,6 +1,8 @@
 """Mistakes a user makes reach them as one line and exit status 2 through the CLI, never a
 traceback: YAML syntax, truncated / empty / foreign init_from checkpoints, a file-store
-tracking URI."""
+tracking URI, an unreachable tracking server or study storage."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +162,21 @@ def test_export_whose_weights_do_not_match_its_config_is_one_line(probe_env, tmp
     (folder / "config.yaml").write_text(text.replace("projector_depth: 2", "projector_depth: 3"))
     err = _one_line_exit_2(capsys, ["eval", str(folder), "benchmarks=[probe]", "--no-mlflow"])
     assert "model.safetensors (against its config.yaml)" in err and "projector.net.4.weight" in err
+
+
+def test_unreachable_tracking_server_is_one_line_before_training(probe_env, capsys):
+    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+                                    "name=no_server", "trainer.max_steps=1", "mlflow.tracking_uri=http://127.0.0.1:9"])
+    assert "http://127.0.0.1:9: no MLflow server answers there" in err and "make mlflow-ui" in err
+
+
+@pytest.mark.parametrize("storage, expected", [
+    ("postgresql://eelight@127.0.0.1:9/study", "storage postgresql://eelight@127.0.0.1:9/study: "),
+    ("sqlite:////nonexistent-dir/x/study.db", "cannot open the study's database"),
+])
+def test_unreachable_study_storage_is_one_line_before_any_trial(probe_env, tmp_path, capsys, storage, expected):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(Path("sweeps/weight_reuse.yaml").read_text() + f"\nstorage: {storage}\n")
+    err = _one_line_exit_2(capsys, ["sweep", str(sweep), *probe_env["overrides"], "--out-dir", str(tmp_path)])
+    assert expected in err
+    assert not (tmp_path / "weight_reuse" / "runs").exists()  # no trial started

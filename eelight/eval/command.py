@@ -70,36 +70,27 @@ def write_outputs(results: list[EvalResult], out: Path) -> list[Path]:
 
 
 def log_to_mlflow(target: Target, results: list[EvalResult], files: list[Path], out: Path) -> str:
-    """Log metrics and files; returns the MLflow run id."""
-    import mlflow
-
+    """Log metrics and files; returns the MLflow run id: the trained run's own (at its step),
+    or, for a variant of it or an export, a new eval run nested under the trained run if any."""
+    from eelight.tracking import Tracking
     from eelight.training.config import RunConfig
-    from eelight.training.run import mlflow_uri
 
     metrics = {k: v for r in results for k, v in r.metrics.items()}
     cfg = target.run_cfg or RunConfig(name=target.label)
-    uri, artifacts = mlflow_uri(cfg)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    tracking = Tracking.of(cfg)
     trained = None
     if target.run_dir and (target.run_dir / "mlflow_run_id").exists():
         trained = (target.run_dir / "mlflow_run_id").read_text().strip()
     if trained and not target.variant_overrides:
         run_id = trained
     else:
-        exp = client.get_experiment_by_name(cfg.mlflow.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.mlflow.experiment,
-                                                                       artifact_location=artifacts)
         name = f"{target.label} eval" + (f" {target.variant_label}" if target.variant_label else "")
-        tags = {"eelight.role": "eval", **({"mlflow.parentRunId": trained} if trained else {})}
-        run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-        for o in target.variant_overrides:
-            key, value = o.split("=", 1)
-            client.log_param(run_id, key, value)
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value, step=target.step)
-    client.log_artifacts(run_id, str(out), artifact_path=f"eval/{out.name}")
+        run_id = tracking.start_run(cfg.mlflow.experiment, name, tags={"eelight.role": "eval"}, parent=trained)
+        tracking.log_params(run_id, dict(o.split("=", 1) for o in target.variant_overrides))
+    tracking.log_metrics(run_id, metrics, step=target.step)
+    tracking.log_files(run_id, [out], artifact_path=f"eval/{out.name}")
     if run_id != trained:
-        client.set_terminated(run_id, "FINISHED")
+        tracking.finish(run_id)
     return run_id
 
 

@@ -107,6 +107,7 @@ def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: 
         init_from_checkpoint(model, ckpt)
     except ValueError as exn:
         raise ConfigError(f"{exn} (model overrides: {' '.join(model_over) or 'none'})") from exn
+    model.compile_decoder()
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     return Target(model.eval(), tokenizer, image_processor(cfg.model.vision, model.vision.image_size),
                   cfg.data.template, cfg.data.image_placement, _eval_config(cfg.eval, eval_over),
@@ -127,6 +128,7 @@ def _load_export(folder: Path, model_over: list[str], eval_over: list[str], othe
         model = load(folder, [o.removeprefix("model.") for o in model_over])
     except ValueError as exn:
         raise ConfigError(str(exn)) from exn
+    model.compile_decoder()
     prompting = json.loads((folder / "prompt.json").read_text()) if (folder / "prompt.json").exists() else {}
     return Target(model, AutoTokenizer.from_pretrained(str(folder)),
                   image_processor(model.cfg.vision, model.vision.image_size),

@@ -13,9 +13,9 @@ all N = Nv + Nt rows — LLaVA.
     h_T += Wo softmax(Q Kᵀ/√d + M) V
 
 where M lets text row i see every visual column and text columns <= i: a
-causal mask aligned to the *bottom right* of the Nt x N score matrix
-(SDPA `causal_lower_right`, or `flash_attn_func(causal=True)`, which aligns
-bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores. When the
+causal mask aligned to the *bottom right* of the Nt x N score matrix (a plain
+bool mask built once per shape, `bottom_right`, or `flash_attn_func(causal=True)`,
+which aligns bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores. When the
 image stands mid-text (`layout`: its `<image>` marker), M is instead the dense
 mask over true positions, so text before the image sees no visual column.
 
@@ -41,7 +41,6 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from eelight.models.config import LLMConfig
 from eelight.models.kv_cache import LayerCache
@@ -61,12 +60,25 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, :, None, :].expand(b, length, h_kv, n_rep, hd).reshape(b, length, h_kv * n_rep, hd)
 
 
+def bottom_right(lq: int, lk: int, device: torch.device) -> torch.Tensor:
+    """(Lq, Lk) bool, True = attend: query i sees keys j <= i + Lk - Lq, the causal mask
+    aligned to the bottom right. A plain tensor rather than SDPA's `causal_lower_right`
+    (a tensor subclass that breaks CUDA-graph capture and torch.compile graphs). Eager
+    calls reuse one tensor per shape and device; under torch.compile it is traced (and
+    built once per graph)."""
+    if torch.compiler.is_compiling():
+        return _bottom_right(lq, lk, device)
+    return _bottom_right_cached(lq, lk, device)
+
+
+def _bottom_right(lq: int, lk: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
+
+
 @lru_cache(maxsize=64)
-def lower_right(lq: int, lk: int):
-    """SDPA's bottom-right causal bias for Lq queries over Lk keys. It holds only the two
-    sizes, so one object per shape is reused by every layer (and it cannot be created
-    under a dispatch mode such as FlopCounterMode: the cache lets a warm-up build it)."""
-    return causal_lower_right(lq, lk)
+def _bottom_right_cached(lq: int, lk: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # a normal tensor even when first built under inference_mode
+        return _bottom_right(lq, lk, device)
 
 
 def use_flash(impl: str, q: torch.Tensor) -> bool:
@@ -97,7 +109,7 @@ def attend(
         return flash_attn_func(q, k, v, causal=True).reshape(b, lq, h * hd)
     if mask is None:
         # Lq == 1 sees every key; Lq == Lk is ordinary causal; else bottom-right causal.
-        mask = None if lq == 1 or lq == lk else lower_right(lq, lk)
+        mask = None if lq == 1 or lq == lk else bottom_right(lq, lk, q.device)
         is_causal = lq == lk and lq > 1
     else:
         is_causal = False

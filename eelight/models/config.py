@@ -20,6 +20,7 @@ VISUAL_ATTNS = ("none", "self")
 ALIGNERS = ("reuse", "fresh", "none")
 ALIGNER_INITS = ("copy", "random")
 ATTN_IMPLS = ("auto", "sdpa", "flash")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ROPE_TYPES = ("default", "linear", "llama3")
 VISION_KINDS = ("clip", "siglip")
 FEATURE_SELECTS = ("patch", "full")
@@ -120,6 +121,8 @@ class ModelConfig:
     blind: bool = False  # every image replaced by a black one: same tokens and compute, no image information
     cross_every: int = 1  # flamingo: a gated cross-attention block before every k-th layer
     attn_impl: str = "auto"  # auto: flash-attn on CUDA when installed, else SDPA
+    compile: bool = False  # torch.compile the decoder's layer stack (inductor; CPU and CUDA)
+    compile_mode: str = "default"  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
@@ -129,6 +132,7 @@ class ModelConfig:
         _check_choice("model", "aligner", self.aligner, ALIGNERS)
         _check_choice("model", "aligner_init", self.aligner_init, ALIGNER_INITS)
         _check_choice("model", "attn_impl", self.attn_impl, ATTN_IMPLS)
+        _check_choice("model", "compile_mode", self.compile_mode, COMPILE_MODES)
         variant = (self.arch, self.visual_attn, self.aligner, bool(self.aligner_ffn))
         if variant not in VALID_VARIANTS:
             valid = "; ".join(
@@ -171,6 +175,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The question-only baseline of VQA studies: a control that must lose wherever the image matters.
     "ee_mllm_blind": {"blind": True},
 }
+
+
+def portable_config(cfg: ModelConfig) -> ModelConfig:
+    """The model config without local paths (sizes stay resolved): what an export folder keeps."""
+    return replace(cfg, llm=replace(cfg.llm, path=None), vision=replace(cfg.vision, path=None))
 
 
 def model_config(preset: str, **overrides: Any) -> ModelConfig:

@@ -8,13 +8,15 @@ folders; `load_llava` builds one from a `transformers` LLaVA folder.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eelight.errors import CheckpointError
 from eelight.models import hf_loading, layout
-from eelight.models.config import LLMConfig, ModelConfig, model_config
+from eelight.models.config import LLMConfig, ModelConfig, model_config, portable_config
 from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
@@ -40,6 +42,27 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
+def _image_offset(image_offset, visual, text_valid, b: int, nt: int, device) -> torch.Tensor | None:
+    """(B,) real text tokens before the image, or None when the image comes first everywhere."""
+    if image_offset is None or visual is None:
+        return None
+    offset = layout.check_offsets(image_offset, text_valid, b, nt, device)
+    return offset if bool((offset > 0).any()) else None
+
+
+def _key_valid(text_valid, b: int, nt: int, n_keys: int, device) -> torch.Tensor:
+    """(B, n_keys) True for real keys: the keys are [visual; text so far], and only text pads."""
+    valid = text_valid if text_valid is not None else torch.ones(b, nt, dtype=torch.bool, device=device)
+    return torch.cat([valid.new_ones(b, n_keys - valid.shape[1]), valid], dim=1)
+
+
+def _padding_mask(text_valid, n_keys: int, n_rows: int) -> torch.Tensor | None:
+    """The bottom-right causal mask with padded keys masked; None when nothing is padded."""
+    if text_valid is None or bool(text_valid.all()):
+        return None
+    return layout.attention_mask(_key_valid(text_valid, text_valid.shape[0], 0, n_keys, text_valid.device), n_rows)
+
+
 class MLLM(nn.Module):
     def __init__(self, cfg: ModelConfig, llm: LLMConfig, vision_config) -> None:
         super().__init__()
@@ -50,6 +73,56 @@ class MLLM(nn.Module):
         self._pooled_tokens = self.vision.num_tokens // cfg.visual_pool**2
         if cfg.visual_pool > 1:  # fail at build time, not at the first batch
             pool_grid(torch.zeros(1, self.vision.num_tokens, 1), cfg.visual_pool)
+
+    def compile_decoder(self) -> None:
+        """model.compile=true: `torch.compile` the decoder's forward, its whole layer stack as
+        one graph (no graph breaks: tests/test_compile.py), in place, so parameter names and
+        checkpoints do not change. Does nothing when model.compile is false."""
+        if self.cfg.compile:
+            mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
+            self.decoder.compile(mode=mode)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write `model.safetensors` (every tensor), `config.yaml` (the model config, sizes
+        resolved, no local paths) and `vision_config.json` (the tower's `transformers` config):
+        what `from_pretrained` needs. `eelight.export` adds the tokenizer, image processor and
+        prompting to make a complete export folder."""
+        from omegaconf import OmegaConf
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        if self.cfg.llm.tie_embeddings:
+            state.pop("decoder.lm_head.weight")  # safetensors refuses shared tensors; re-tied on load
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(portable_config(self.cfg))))
+        self.vision.model.config.to_json_file(folder / "vision_config.json")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> MLLM:
+        """The model `save_pretrained` wrote, in eval mode on the CPU, loaded strictly.
+        `overrides`: model-config dot-list changes that keep the parameters (e.g.
+        `visual_attn=none`: EE-MLLM-F)."""
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        folder = Path(folder)
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{folder} is not an eelight export (no model.safetensors)")
+        try:
+            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                                      OmegaConf.load(folder / "config.yaml"),
+                                                      OmegaConf.from_dotlist(list(overrides))))
+        except (OmegaConfBaseException, ValueError) as exn:
+            raise CheckpointError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
+        model = cls(cfg, cfg.llm, AutoConfig.from_pretrained(folder / "vision_config.json"))
+        hf_loading.load_strict(model, load_file(folder / "model.safetensors"),
+                               f"{folder}/model.safetensors (against its config.yaml)")
+        return model.eval()
 
     @property
     def num_visual_tokens(self) -> int:
@@ -81,43 +154,50 @@ class MLLM(nn.Module):
         start: torch.Tensor | None = None,
         image_offset: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """One decoder pass. visual (B, Nv, d) or None; text_valid (B, L_text_so_far) bool or
-        None (no padding); start (B,): RoPE position of the first new text token (decoding
-        steps, which come after everything); image_offset: real text tokens before the
-        image (`layout`), None = 0."""
+        """One pass of the LLM over new text tokens: the prefill (start None) or a cached
+        decoding step. visual (B, Nv, d) or None; text_valid (B, L_text_so_far) bool or None
+        (no padding); start (B,): RoPE position of the first new token (decoding steps come
+        after everything); image_offset: real text tokens before the image (`layout`), None = 0."""
+        if self.cfg.arch == "flamingo":
+            return self._run_flamingo(input_ids, visual, text_valid, cache, start, image_offset)
+        return self._run_rows(input_ids, visual, text_valid, cache, start, image_offset)
+
+    def _run_rows(self, input_ids, visual, text_valid, cache, start, image_offset) -> torch.Tensor:
+        """arch=decoder: the visual tokens are rows of the LLM, h = [h_I; h_T]. At a cached
+        decoding step `visual` is None: its keys and values are in the cache."""
         b, nt = input_ids.shape
-        in_stream = visual is not None and self.cfg.arch == "decoder"
-        nv = visual.shape[1] if in_stream else 0
-        past = 0 if cache is None else cache.length
-        self._check_lengths(past + nv, nt)
+        nv = 0 if visual is None else visual.shape[1]
+        n_keys = (0 if cache is None else cache.length) + nv + nt
+        self._check_lengths(n_keys - nt, nt)
         h = self.decoder.embed_tokens(input_ids)
-        if in_stream:
+        if visual is not None:
             h = torch.cat([visual.to(h.dtype), h], dim=1)
-        offset = None
-        if image_offset is not None and visual is not None and start is None:
-            offset = layout.check_offsets(image_offset, text_valid, b, nt, h.device)
-            offset = offset if bool((offset > 0).any()) else None  # 0 everywhere: the default layout
-        if start is None:
-            ranks = layout.text_ranks(text_valid, b, nt, h.device)
-            positions = layout.sequence_positions(nv, ranks, offset if in_stream else None)
-        else:
-            positions = torch.cat([torch.arange(nv, device=h.device).expand(b, nv),
-                                   start[:, None] + torch.arange(nt, device=h.device)], dim=1)
-        mask, media_rows = None, None
-        padded = text_valid is not None and not bool(text_valid.all())
-        # Keys are [visual; text so far]: all but the text ones are visual (never padding).
-        key_valid = None
-        if padded or offset is not None:
-            valid = text_valid if text_valid is not None else input_ids.new_ones(b, nt, dtype=torch.bool)
-            key_valid = torch.cat([valid.new_ones(b, past + nv + nt - valid.shape[1]), valid], dim=1)
-        if offset is not None and in_stream:
-            mask = layout.position_mask(positions, key_valid)
-        elif padded:
-            mask = layout.attention_mask(key_valid, nv + nt)
-        if offset is not None and self.cfg.arch == "flamingo":
-            media_rows = ranks >= offset[:, None]  # text before the image has no image to attend to
-        flamingo_visual = visual if self.cfg.arch == "flamingo" else None
-        return self.decoder(h, nv, positions, mask, cache, flamingo_visual, media_rows)
+        if start is not None:
+            positions = start[:, None] + torch.arange(nt, device=h.device)
+            return self.decoder(h, nv, positions, _padding_mask(text_valid, n_keys, nv + nt), cache)
+        offset = _image_offset(image_offset, visual, text_valid, b, nt, h.device)
+        positions = layout.sequence_positions(nv, layout.text_ranks(text_valid, b, nt, h.device), offset)
+        if offset is None:
+            mask = _padding_mask(text_valid, n_keys, nv + nt)
+        else:  # the image mid-text: the dense mask over true positions
+            mask = layout.position_mask(positions, _key_valid(text_valid, b, nt, n_keys, h.device))
+        return self.decoder(h, nv, positions, mask, cache)
+
+    def _run_flamingo(self, input_ids, visual, text_valid, cache, start, image_offset) -> torch.Tensor:
+        """arch=flamingo: the LLM's rows are text only; its gated cross-attention blocks attend
+        to `visual` (at cached decoding steps, to the visual K/V cached at the prefill)."""
+        b, nt = input_ids.shape
+        n_keys = (0 if cache is None else cache.length) + nt
+        self._check_lengths(n_keys - nt, nt)
+        h = self.decoder.embed_tokens(input_ids)
+        mask = _padding_mask(text_valid, n_keys, nt)
+        if start is not None:
+            positions = start[:, None] + torch.arange(nt, device=h.device)
+            return self.decoder(h, 0, positions, mask, cache, visual)
+        ranks = layout.text_ranks(text_valid, b, nt, h.device)  # the RoPE positions: text only
+        offset = _image_offset(image_offset, visual, text_valid, b, nt, h.device)
+        media_rows = None if offset is None else ranks >= offset[:, None]  # text before the image sees none
+        return self.decoder(h, 0, ranks, mask, cache, visual, media_rows)
 
     def forward(
         self,

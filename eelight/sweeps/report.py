@@ -265,7 +265,8 @@ def _plots(study: Study, out: Path) -> list[Path]:
         a2.set_xticks(ticks, study.categories, fontsize=8)
         a2.set_ylabel(f"difference from {study.reference}")
         a2.set_title("paired difference by seed, 95% t-interval", fontsize=9)
-        a2.legend(fontsize=6)
+        if a2.get_legend_handles_labels()[0]:  # none when the reference is the only variant
+            a2.legend(fontsize=6)
         paths.append(_save(fig, out / "families.png"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -299,7 +300,7 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
     import optuna
 
     from eelight.sweeps.runner import make_storage
-    from eelight.sweeps.tracking import sweep_client
+    from eelight.tracking import Tracking
 
     study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     rows = trial_rows(study)
@@ -318,9 +319,7 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
     for name in FIGURES - {p.name for p in figures}:  # a figure this sweep does not support must not linger
         (out / name).unlink(missing_ok=True)  # (two workers may write the report at once: never delete theirs)
     paths = [out / "trials.csv", out / "summary.md", *figures]
-    client, _ = sweep_client(sweep)
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
-        for p in paths:
-            client.log_artifact(parent, str(p), artifact_path="report")
+        Tracking.of_sweep(sweep).log_files(parent, paths, artifact_path="report")
     return out

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from eelight.sweeps.config import SweepConfig, point_key
-from eelight.sweeps.tracking import create_parent_run, sweep_client
+from eelight.tracking import Tracking
+from eelight.training.config import ConfigError
 
 HEARTBEAT_S, GRACE_S = 2, 8
 # We send heartbeats ourselves around ask/tell (see _Heartbeat), which Optuna warns about.
@@ -60,8 +61,20 @@ def make_storage(sweep: SweepConfig, failed_trial_callback=None):
         path = Path(url.removeprefix(JOURNAL)).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                      failed_trial_callback=failed_trial_callback)
+    # A server that does not answer must fail in seconds, not after the TCP timeout.
+    engine = {"connect_args": {"connect_timeout": 5}} if url.startswith(("postgresql", "mysql")) else {}
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          failed_trial_callback=failed_trial_callback)
+    except ImportError as exn:
+        raise ConfigError(f"storage {url}: its database driver is not installed ({exn}); for PostgreSQL: "
+                          "pip install 'eelight[postgres]'") from exn
+    except Exception as exn:  # SQLAlchemy's OperationalError / ArgumentError: the URL or the server
+        if type(exn).__module__.split(".")[0] != "sqlalchemy":
+            raise
+        reason = str(getattr(exn, "orig", None) or exn).strip().splitlines()[0]
+        raise ConfigError(f"storage {url}: cannot open the study's database ({reason}); start its "
+                          "database server or fix the sweep file's `storage:` URL") from exn
 
 
 def has_heartbeat(storage) -> bool:
@@ -90,11 +103,9 @@ class _StaleTrial:
     def __call__(self, study, trial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            client, _ = sweep_client(self.sweep)
-            client.set_tag(run_id, "optuna.state", "FAIL")
-            client.set_tag(run_id, "error", f"the worker running trial {trial.number} stopped (no heartbeat for "
-                                            f"{GRACE_S} s: killed, preempted or crashed); its point is run again")
-            client.set_terminated(run_id, "FAILED")
+            Tracking.of_sweep(self.sweep).end_trial_run(
+                run_id, "FAIL", error=f"the worker running trial {trial.number} stopped (no heartbeat for "
+                                      f"{GRACE_S} s: killed, preempted or crashed); its point is run again")
         self.retry(study, trial)
 
 
@@ -118,8 +129,17 @@ def open_study(sweep: SweepConfig):
                 params = {k: v for k, v in point.items() if k != "repeat"}
                 study.enqueue_trial(params, user_attrs={"grid_point": point_key(point), "point": point})
         if "mlflow_parent_run_id" not in study.user_attrs:
-            study.set_user_attr("mlflow_parent_run_id", create_parent_run(sweep))
+            study.set_user_attr("mlflow_parent_run_id", _create_parent_run(sweep))
     return study
+
+
+def _create_parent_run(sweep: SweepConfig) -> str:
+    """The study's MLflow run (in the experiment named after the sweep), created once per study:
+    its id is kept in the study's user attributes, so every worker nests its trials under it."""
+    tracking = Tracking.of_sweep(sweep)
+    run_id = tracking.start_run(sweep.name, f"{sweep.name}-study", tags={"sweep": sweep.name, "sweep.role": "study"})
+    tracking.log_params(run_id, {"objective": sweep.objective.metric, "grid_points": len(sweep.grid_points())})
+    return run_id
 
 
 class _Heartbeat:
@@ -220,16 +240,13 @@ def progress_line(study, sweep: SweepConfig, number: int, state: str, value: flo
 def _summarise(study, sweep: SweepConfig, parent: str) -> None:
     from optuna.trial import TrialState
 
-    client, _ = sweep_client(sweep)
+    tracking = Tracking.of_sweep(sweep)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if done:
         best = study.best_trial
-        client.log_metric(parent, "best_value", best.value)
-        client.set_tag(parent, "best_trial", best.number)
-        for k, v in best.params.items():
-            client.set_tag(parent, f"best.{k}", v)
+        tracking.log_metrics(parent, {"best_value": best.value})
+        tracking.set_tags(parent, {"best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}})
     counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
-    for state, n in counts.items():
-        client.set_tag(parent, f"trials.{state.lower()}", n)
+    tracking.set_tags(parent, {f"trials.{state.lower()}": n for state, n in counts.items()})
     if not counts["WAITING"] and not counts["RUNNING"]:
-        client.set_terminated(parent, "FINISHED")  # the grid is done
+        tracking.finish(parent)  # the grid is done

@@ -31,14 +31,6 @@ class OptunaPruning(L.Callback):
             raise optuna.TrialPruned(f"pruned at step {trainer.global_step}: {self.metric}={float(value):.4f}")
 
 
-def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params a call
-        client.log_batch(run_id, params=items[i:i + 100])
-
-
 def suggest_overrides(trial, sweep: SweepConfig) -> list[str]:
     """Grid params come back as enqueued; the others are sampled. Returns overrides."""
     out = []
@@ -79,7 +71,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
 
     from eelight.eval.cost import forward_cost
     from eelight.models.hf_loading import resolve_model
-    from eelight.sweeps.tracking import sweep_client
+    from eelight.tracking import Tracking
     from eelight.training.run import train
 
     point = trial.user_attrs["point"]
@@ -90,14 +82,13 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     last = sweep.stages[-1]
     yamls = {s: sweep.experiment + sweep.stage_configs.get(s, []) for s in sweep.stages}
     final_cfg = load_run_config(yamls[last], base + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
-    client, exp_id = sweep_client(sweep)
-    run_id = client.create_run(exp_id, run_name=trial_label(point, trial.number), tags={
-        "run_dir": f"{sweep.out_dir}/{sweep.name}/runs/{name}",
-        "mlflow.parentRunId": parent_run_id, "sweep": sweep.name, "optuna.trial": str(trial.number),
-        "grid_point": trial.user_attrs["grid_point"]}).info.run_id
+    tracking = Tracking.of_sweep(sweep)
+    run_id = tracking.start_run(sweep.name, trial_label(point, trial.number), tags={
+        "run_dir": f"{sweep.out_dir}/{sweep.name}/runs/{name}", "sweep": sweep.name,
+        "optuna.trial": str(trial.number), "grid_point": trial.user_attrs["grid_point"]}, parent=parent_run_id)
     trial.set_user_attr("mlflow_run_id", run_id)
     resolved = replace(final_cfg, model=resolve_model(final_cfg.model))  # the sizes trained, not the defaults
-    _log_params(client, run_id, {**flat_params(resolved), **{f"trial.{k}": v for k, v in trial.params.items()}})
+    tracking.log_params(run_id, {**flat_params(resolved), **{f"trial.{k}": v for k, v in trial.params.items()}})
     try:
         init_from, result, samples, start = None, {}, 0, time.perf_counter()
         for stage in sweep.stages:
@@ -121,20 +112,13 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
                  "train_flops": 3 * flops * samples, "train_seconds": time.perf_counter() - start}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        client.log_metric(run_id, "objective", value)
-        client.log_metric(run_id, "cost/flops_per_sample", flops)
-        client.set_tag(run_id, "checkpoint", init_from)
-        client.set_tag(run_id, "optuna.state", "COMPLETE")
-        client.set_terminated(run_id, "FINISHED")
+        tracking.log_metrics(run_id, {"objective": value, "cost/flops_per_sample": flops})
+        tracking.end_trial_run(run_id, "COMPLETE", checkpoint=init_from)
         return TrialState.COMPLETE, value
     except optuna.TrialPruned as exn:
-        client.set_tag(run_id, "optuna.state", "PRUNED")
-        client.set_tag(run_id, "optuna.pruned", str(exn))
-        client.set_terminated(run_id, "KILLED")
+        tracking.end_trial_run(run_id, "PRUNED", **{"optuna.pruned": str(exn)})
         return TrialState.PRUNED, None
     except Exception as exn:  # a failed trial is recorded; the sweep goes on
         trial.set_user_attr("error", f"{type(exn).__name__}: {exn}"[:2000])
-        client.set_tag(run_id, "optuna.state", "FAIL")
-        client.set_tag(run_id, "error", traceback.format_exc()[-4000:])
-        client.set_terminated(run_id, "FAILED")
+        tracking.end_trial_run(run_id, "FAIL", error=traceback.format_exc()[-4000:])
         return TrialState.FAIL, None

@@ -1,5 +1,6 @@
 """Checkpoints: written atomically (temp file + rename, so a kill never leaves a torn
-last.ckpt), and the stage hand-off (`init_from`) loaded strictly."""
+last.ckpt) and only after the step's metrics are logged (`LoggedStepCheckpoint`), and the
+stage hand-off (`init_from`) loaded strictly."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from eelight.errors import CheckpointError
@@ -21,6 +23,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = f"{path}.tmp"
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
+
+
+class LoggedStepCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose every-N-steps save comes after that step's metrics are logged.
+
+    Lightning runs callbacks' `on_train_batch_end` before it logs the step's metrics, so a
+    process killed during or just after a save lost those points for good: the resumed run
+    starts after the checkpoint (MLflow's `train/loss` lacked steps 19 and 69 in one run).
+    Here the save of step k runs when batch k+1 starts, or when the epoch or training ends; the
+    model, optimiser and step saved are the same."""
+
+    _pending: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._pending = batch_idx
+
+    def _save_pending(self, trainer, pl_module) -> None:
+        if self._pending is not None:
+            batch_idx, self._pending = self._pending, None
+            super().on_train_batch_end(trainer, pl_module, None, None, batch_idx)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._save_pending(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save_pending(trainer, pl_module)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """last.ckpt holds the final step also when max_steps is not a multiple of
+        every_n_train_steps (Lightning skips that save once any last.ckpt was written, which
+        left last.ckpt behind the run's end)."""
+        self._save_pending(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

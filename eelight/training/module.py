@@ -112,15 +112,16 @@ class MLLMModule(L.LightningModule):
         self.model.train(was_training)
 
     def configure_model(self) -> None:
-        """FSDP2 under ModelParallelStrategy: one wrap unit per decoder layer, then the root."""
+        """FSDP2 under ModelParallelStrategy: one wrap unit per decoder layer, then the root;
+        then model.compile (after sharding, as FSDP2 wants)."""
         mesh = self.device_mesh
-        if mesh is None:
-            return
-        from torch.distributed.fsdp import fully_shard
+        if mesh is not None:
+            from torch.distributed.fsdp import fully_shard
 
-        for layer in self.model.decoder.layers:
-            fully_shard(layer, mesh=mesh["data_parallel"])
-        fully_shard(self.model, mesh=mesh["data_parallel"])
+            for layer in self.model.decoder.layers:
+                fully_shard(layer, mesh=mesh["data_parallel"])
+            fully_shard(self.model, mesh=mesh["data_parallel"])
+        self.model.compile_decoder()
 
     def configure_optimizers(self):
         o = self.optim_cfg

@@ -1,5 +1,5 @@
 """One training run (one stage) from a RunConfig: data, model, Lightning Trainer,
-MLflow logging, atomic checkpoints and resume.
+MLflow logging (`eelight.tracking`), atomic checkpoints and resume.
 
 Resume: rerunning the same command finds `<run_dir>/last.ckpt` and continues
 from it (model, optimizer, scheduler, step). The WebDataset stream cannot be
@@ -32,54 +32,6 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
     found = [p for p in [run_dir / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
     return max(found, key=checkpoint_step) if found else None
-
-
-def mlflow_uri(cfg: RunConfig) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): by default a SQLite store under ./mlruns/ with its
-    artifacts in ./mlruns/artifacts/; for any SQLite store, artifacts sit beside it."""
-    uri = cfg.mlflow.tracking_uri
-    if uri and uri.startswith("file:") or (uri and "://" not in uri):
-        raise ConfigError(f"mlflow.tracking_uri={uri}: MLflow's file store is off in MLflow 3; use a SQLite "
-                          "store (sqlite:////abs/path/mlflow.db) or a server (http://host:port)")
-    if uri and uri.startswith("sqlite:///"):  # a SQLite store: artifacts in a folder beside it
-        return uri, (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
-    if uri:
-        return uri, None  # a tracking server decides where artifacts go
-    root = Path("mlruns").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root}/mlflow.db", (root / "artifacts").as_uri()
-
-
-def make_logger(cfg: RunConfig):
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    uri, artifacts = mlflow_uri(cfg)
-    if cfg.mlflow.run_id:  # a sweep trial's run: its owner named, tagged and nested it
-        run_id, run_name, tags = cfg.mlflow.run_id, None, None
-    else:
-        id_file = cfg.run_dir / "mlflow_run_id"  # a resumed run continues its MLflow run
-        run_id = id_file.read_text().strip() if id_file.exists() else None
-        run_name = f"{cfg.name}/{cfg.stage}"
-        tags = {"stage": cfg.stage, "model_preset": cfg.model_preset}
-        if cfg.mlflow.parent_run_id:
-            tags["mlflow.parentRunId"] = cfg.mlflow.parent_run_id
-    cls = _owned_run_logger() if cfg.mlflow.run_id else MLFlowLogger
-    return cls(experiment_name=cfg.mlflow.experiment, run_name=run_name, tracking_uri=uri,
-               artifact_location=artifacts, tags=tags, run_id=run_id, prefix=cfg.mlflow.prefix)
-
-
-def _owned_run_logger():
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    class OwnedRunLogger(MLFlowLogger):
-        """Logs into a run someone else owns (a sweep trial's): the end of one stage does not end
-        the run; its owner sets the final state (FINISHED, FAILED, KILLED) once the trial is over."""
-
-        def finalize(self, status: str = "success") -> None:
-            if self._initialized and self._checkpoint_callback:
-                self._scan_and_log_checkpoints(self._checkpoint_callback)
-
-    return OwnedRunLogger
 
 
 def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
@@ -153,7 +105,6 @@ def _as_trained(saved_yaml: str) -> str:
 
 def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from eelight.data.loader import expand_urls
     from eelight.data.text import check_template
@@ -161,7 +112,8 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     from eelight.models.hf_loading import resolve_model
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
-    from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.tracking import lightning_logger, log_stage_files, tracking_uri
+    from eelight.training.checkpoint import LoggedStepCheckpoint, init_from_checkpoint
     from eelight.training.data_module import ShardDataModule
     from eelight.training.distributed import (
         checkpoint_plugins,
@@ -173,7 +125,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     from eelight.training.module import MLLMModule
     from eelight.training.progress import progress_callback
 
-    mlflow_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
+    tracking_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
     if cfg.data.val_shards:
         expand_urls(cfg.data.val_shards)
@@ -209,7 +161,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     # processes creating one SQLite store race on its schema.
     from lightning.pytorch.utilities import rank_zero_only
 
-    logger = make_logger(cfg) if rank_zero_only.rank == 0 else False
+    logger = lightning_logger(cfg) if rank_zero_only.rank == 0 else False
     if logger:
         (run_dir / "mlflow_run_id").write_text(logger.run_id)
         if not resume_step and not cfg.mlflow.run_id:
@@ -217,7 +169,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     t = cfg.trainer
     progress = [progress_callback(f"{cfg.name}/{cfg.stage}", t.max_steps, t.progress_every_s)
                 ] if t.progress_every_s and rank_zero_only.rank == 0 else []
-    checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
+    checkpoint = LoggedStepCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
                                  every_n_train_steps=t.ckpt_every_n_steps)
     trainer = L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -242,14 +194,8 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
               "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s}
     if trainer.is_global_zero:
-        _log_artifacts(logger, run_dir, result, cfg.mlflow.prefix)
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+        log_stage_files(logger, [run_dir / "config.yaml", run_dir / "result.json"], result["checkpoint"],
+                        cfg.mlflow.prefix)
     release_process_group(trainer.strategy)
     return result
-
-
-def _log_artifacts(logger, run_dir: Path, result: dict[str, Any], prefix: str) -> None:
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
-    client, run_id = logger.experiment, logger.run_id
-    client.log_artifact(run_id, str(run_dir / "config.yaml"), artifact_path=prefix or None)
-    client.log_artifact(run_id, str(run_dir / "result.json"), artifact_path=prefix or None)
-    client.set_tag(run_id, "checkpoint", result["checkpoint"])
