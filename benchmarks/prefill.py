@@ -59,6 +59,7 @@ def count_flops(preset: str, llm: LLMConfig, args, dtype: torch.dtype) -> int:
     FlopCounterMode counts (the CPU flash kernel it uses for real tensors is not counted);
     flash-attn does the same maths, so the count holds for every attn_impl."""
     prefill = _pass(preset, llm, args, torch.device("meta"), dtype, "sdpa")
+    prefill()  # warm-up outside the counter: builds the cached causal bias
     with FlopCounterMode(display=False) as counter:
         prefill()
     return counter.get_total_flops()

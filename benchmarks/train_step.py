@@ -76,22 +76,23 @@ def peer_state(cfg, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return LlavaForConditionalGeneration(cfg).to(dtype).state_dict()
 
 
-def build(kind: str, cfg, state: dict, device: torch.device, dtype: torch.dtype, attn_impl: str):
-    """(model, step function) for `hf` (the peer) or an eelight preset, loaded with `state`."""
+def build(kind: str, cfg, state: dict | None, device: torch.device, dtype: torch.dtype, attn_impl: str):
+    """(model, step function: (features, ids) -> text logits) for `hf` (the peer) or an eelight
+    preset, loaded with `state` (None: left random, for counting FLOPs on the meta device)."""
     if kind == "hf":
         from transformers import LlavaForConditionalGeneration
 
         with torch.device(device):
             model = LlavaForConditionalGeneration(cfg).to(dtype)
-        model.load_state_dict(state)
+        if state is not None:
+            model.load_state_dict(state)
         model.train()
         model.model.vision_tower.requires_grad_(False)
         embed, project = model.get_input_embeddings(), model.model.multi_modal_projector
 
         def step(features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
             inputs = torch.cat([project(features), embed(ids)], dim=1)
-            logits = model(inputs_embeds=inputs, logits_to_keep=ids.shape[1], use_cache=False).logits
-            return next_token_loss(logits, ids)
+            return model(inputs_embeds=inputs, logits_to_keep=ids.shape[1], use_cache=False).logits
 
         return model, step
     llm, _ = hf_loading.llm_config_from_hf(cfg.text_config.to_dict())
@@ -99,15 +100,43 @@ def build(kind: str, cfg, state: dict, device: torch.device, dtype: torch.dtype,
     preset = model_config(kind, llm=llm, attn_impl=attn_impl)
     with torch.device(device):
         model = MLLM(preset, llm, vision).to(dtype)
-    mapped = hf_loading.map_keys(state, hf_loading.llava_key_rules("llama"), hf_loading.LLM_SKIP, "peer")
-    hf_loading.load_strict(model, mapped, "the peer's weights")
+    if state is not None:
+        mapped = hf_loading.map_keys(state, hf_loading.llava_key_rules("llama"), hf_loading.LLM_SKIP, "peer")
+        hf_loading.load_strict(model, mapped, "the peer's weights")
     model.train()
     model.vision.requires_grad_(False)
 
     def step(features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, visual_tokens=model.projector(features), labels=ids).loss
+        return model(ids, visual_tokens=model.projector(features)).logits
 
     return model, step
+
+
+def inputs(cfg, shape: Shape, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vision features (B, Nv, d_vision) and text ids (B, Nt), random but fixed."""
+    if device.type == "meta":
+        return (torch.empty(shape.batch, shape.nv, cfg.vision_config.hidden_size, device=device, dtype=dtype),
+                torch.zeros(shape.batch, shape.nt, device=device, dtype=torch.long))
+    g = torch.Generator(device=device).manual_seed(0)
+    features = torch.randn(shape.batch, shape.nv, cfg.vision_config.hidden_size, device=device, dtype=dtype,
+                           generator=g)
+    return features, torch.randint(0, cfg.text_config.vocab_size - 1, (shape.batch, shape.nt), device=device,
+                                   generator=g)
+
+
+def count_flops(kind: str, cfg, shape: Shape, dtype: torch.dtype) -> int | None:
+    """FLOPs of one step (forward + backward), counted on the meta device, where SDPA runs its
+    maths kernel, which FlopCounterMode counts (on the CPU it counts 0 for SDPA's kernels)."""
+    meta = torch.device("meta")
+    model, step = build(kind, cfg, None, meta, dtype, "sdpa")
+    features, ids = inputs(cfg, shape, meta, dtype)
+    try:
+        step(features, ids)  # warm-up outside the counter: builds the cached causal bias
+        with FlopCounterMode(display=False) as counter:
+            step(features, ids).float().mean().backward()
+    except (RuntimeError, NotImplementedError):  # a model whose forward needs real values
+        return None
+    return counter.get_total_flops()
 
 
 def _sync(device: torch.device) -> None:
@@ -120,14 +149,11 @@ def measure(kind: str, compiled: bool, shape: Shape, cfg, state, args, device, d
     model, step = build(kind, cfg, state, device, dtype, args.attn_impl)
     if compiled:
         (model.model.language_model if kind == "hf" else model.decoder).compile()
-    g = torch.Generator(device=device).manual_seed(0)
-    features = torch.randn(shape.batch, shape.nv, cfg.vision_config.hidden_size, device=device, dtype=dtype,
-                           generator=g)
-    ids = torch.randint(0, cfg.text_config.vocab_size - 1, (shape.batch, shape.nt), device=device, generator=g)
+    features, ids = inputs(cfg, shape, device, dtype)
 
     def once() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        loss = step(features, ids)
+        loss = next_token_loss(step(features, ids), ids)
         loss.backward()
         return loss.detach()
 
@@ -152,9 +178,7 @@ def measure(kind: str, compiled: bool, shape: Shape, cfg, state, args, device, d
         row["ms"] = 1e3 * statistics.median(times)
         row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else None
         if not compiled:
-            with FlopCounterMode(display=False) as counter:
-                once()
-            row["flops"] = counter.get_total_flops()
+            row["flops"] = count_flops(kind, cfg, shape, dtype)
     except torch.OutOfMemoryError:
         row["ms"] = None
     return row
@@ -199,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     for shape in shapes:
         rows = [measured(m, c, shape, cfg, state, args, device, dtype)
                 for c in ([False] if args.no_compile else [False, True]) for m in args.models]
-        flops = {r["model"]: r["flops"] for r in rows if "flops" in r}
+        flops = {r["model"]: r["flops"] for r in rows if r.get("flops")}
+        if "hf" not in flops and "llava" in flops:  # HF's forward does not run on the meta device;
+            flops["hf"] = flops["llava"]  # it is the same computation (the losses are equal)
         ref = next((r for r in rows if r["model"] == "llava" and not r["compiled"]), rows[0])
         for r in rows:
             f = flops.get(r["model"])

@@ -13,9 +13,9 @@ all N = Nv + Nt rows — LLaVA.
     h_T += Wo softmax(Q Kᵀ/√d + M) V
 
 where M lets text row i see every visual column and text columns <= i: a
-causal mask aligned to the *bottom right* of the Nt x N score matrix (a plain
-bool mask built once per shape, `bottom_right`, or `flash_attn_func(causal=True)`,
-which aligns bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores. When the
+causal mask aligned to the *bottom right* of the Nt x N score matrix (`bottom_right`:
+SDPA's `causal_lower_right` in eager mode, a plain bool mask under torch.compile; or
+`flash_attn_func(causal=True)`, which aligns bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores. When the
 image stands mid-text (`layout`: its `<image>` marker), M is instead the dense
 mask over true positions, so text before the image sees no visual column.
 
@@ -41,6 +41,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from eelight.models.config import LLMConfig
 from eelight.models.kv_cache import LayerCache
@@ -60,25 +61,22 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, :, None, :].expand(b, length, h_kv, n_rep, hd).reshape(b, length, h_kv * n_rep, hd)
 
 
-def bottom_right(lq: int, lk: int, device: torch.device) -> torch.Tensor:
-    """(Lq, Lk) bool, True = attend: query i sees keys j <= i + Lk - Lq, the causal mask
-    aligned to the bottom right. A plain tensor rather than SDPA's `causal_lower_right`
-    (a tensor subclass that breaks CUDA-graph capture and torch.compile graphs). Eager
-    calls reuse one tensor per shape and device; under torch.compile it is traced (and
-    built once per graph)."""
+def bottom_right(lq: int, lk: int, device: torch.device):
+    """The causal mask aligned to the bottom right for Lq queries over Lk keys: query i sees
+    keys j <= i + Lk - Lq. Under torch.compile a plain (Lq, Lk) bool tensor, which traces
+    without a graph break and which CUDA graphs can capture (SDPA's `causal_lower_right` is a
+    tensor subclass that breaks both); in eager mode that subclass, one object per shape, since
+    SDPA's kernels take it without materialising a mask (an explicit bool mask made the CPU
+    training step 8% slower at Vicuna-7B layer shapes: BENCHMARKS.md). The subclass cannot be
+    created under a dispatch mode such as FlopCounterMode: a warm-up call outside builds it."""
     if torch.compiler.is_compiling():
-        return _bottom_right(lq, lk, device)
-    return _bottom_right_cached(lq, lk, device)
-
-
-def _bottom_right(lq: int, lk: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
+        return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
+    return _lower_right(lq, lk)
 
 
 @lru_cache(maxsize=64)
-def _bottom_right_cached(lq: int, lk: int, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode(False):  # a normal tensor even when first built under inference_mode
-        return _bottom_right(lq, lk, device)
+def _lower_right(lq: int, lk: int):
+    return causal_lower_right(lq, lk)
 
 
 def use_flash(impl: str, q: torch.Tensor) -> bool:
