@@ -19,18 +19,13 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 
 import torch
+from timing import timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from eelight.models import LLMConfig, model_config
 from eelight.models.decoder import Decoder
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _pass(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torch.dtype, attn_impl: str):
@@ -69,20 +64,7 @@ def measure(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torc
     torch.manual_seed(0)
     prefill = _pass(preset, llm, args, device, dtype, args.attn_impl)
     with torch.inference_mode():
-        for _ in range(args.warmup):
-            prefill()
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        times = []
-        for _ in range(args.reps):
-            _sync(device)
-            t0 = time.perf_counter()
-            prefill()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        peak = (torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" else None
+        times, peak = timed(prefill, device, args.warmup, args.reps)
     del prefill
     gc.collect()
     return {"preset": preset, "flops": count_flops(preset, llm, args, dtype), "ms": 1e3 * statistics.median(times),

@@ -126,11 +126,6 @@ class Tracking:
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
 
-    def run_ids(self, experiment: str) -> list[str]:
-        """Ids of every run of `experiment` (for tests and tools)."""
-        exp = self.client.get_experiment_by_name(experiment)
-        return [] if exp is None else [r.info.run_id for r in self.client.search_runs([exp.experiment_id])]
-
 
 def lightning_logger(cfg):
     """Lightning's MLflow logger for one training stage. A resumed run continues its MLflow run
