@@ -28,6 +28,7 @@ MLFLOW_DB ?= $(CURDIR)/mlruns/mlflow.db
 MLFLOW_ARTIFACTS ?= $(dir $(MLFLOW_DB))artifacts
 mlflow-ui: $(STAMP)
 	mkdir -p $(dir $(MLFLOW_DB))
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning (a sweep prints its runs table's address)"
 	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server \
 	  --backend-store-uri sqlite:///$(MLFLOW_DB) --default-artifact-root $(MLFLOW_ARTIFACTS) \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1

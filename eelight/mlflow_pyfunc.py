@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class EelightModel(mlflow.pyfunc.PythonModel):
@@ -30,7 +31,9 @@ class EelightModel(mlflow.pyfunc.PythonModel):
         prompting = Path(folder) / "prompt.json"
         self.prompting = json.loads(prompting.read_text()) if prompting.exists() else {}
 
-    def predict(self, context, model_input, params=None) -> list[str]:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> list[str]:
+        """The greedy answer to each row's prompt about its image (the signature, given when
+        logging, checks the columns; a DataFrame hint tells MLflow not to infer one)."""
         import torch
         from PIL import Image
 
@@ -52,7 +55,6 @@ class EelightModel(mlflow.pyfunc.PythonModel):
 
 def signature():
     """Input columns, output and params of `predict`, so MLflow passes the params through."""
-    import pandas as pd
     from mlflow.models import infer_signature
 
     example = pd.DataFrame({"image": ["image.png"], "prompt": ["what colour is it ?"]})

@@ -21,6 +21,8 @@ from typing import Any
 from eelight.training.config import ConfigError
 
 RUN_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optuna trial -> MLflow run
+EXPERIMENT_KIND = "mlflow.experimentKind"  # read by MLflow's UI to pick the experiment's default view
+EXPERIMENT_TAGS = {EXPERIMENT_KIND: "custom_model_development"}
 
 
 def tracking_uri(cfg) -> tuple[str, str | None]:
@@ -41,6 +43,20 @@ def tracking_uri(cfg) -> tuple[str, str | None]:
 
 
 _ANSWERED: set[str] = set()
+UI_PORT = 5000  # `make mlflow-ui`'s default port
+
+
+def runs_url(uri: str, experiment_id: str, order_by: str | None = "objective", ascending: bool = False) -> str:
+    """The experiment's runs table in MLflow's UI, in its model-training view (MLflow 3 opens the
+    GenAI view otherwise), sorted by the metric `order_by`. The server is the
+    tracking URI itself when it is one, else the address `make mlflow-ui` serves a local store on."""
+    from urllib.parse import quote
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    query = "workflowType=machine_learning"
+    if order_by:
+        query += f"&orderByKey={quote(f'metrics.`{order_by}`')}&orderByAsc={str(ascending).lower()}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def check_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -84,9 +100,15 @@ class Tracking:
         return cls.of(load_run_config(sweep.experiment, sweep.overrides))
 
     def experiment(self, name: str) -> str:
-        """The id of the experiment `name`, created (with this store's artifact location) if new."""
+        """The id of the experiment `name`, created (with this store's artifact location) if new,
+        and marked a model-training experiment so that MLflow's UI opens it on the runs table
+        (MLflow 3 opens an unmarked experiment in its GenAI view, an empty traces overview)."""
         exp = self.client.get_experiment_by_name(name)
-        return exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=self.artifacts)
+        if exp is None:
+            return self.client.create_experiment(name, artifact_location=self.artifacts, tags=EXPERIMENT_TAGS)
+        if exp.tags.get(EXPERIMENT_KIND) is None:  # made by an older eelight or by hand
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, EXPERIMENT_TAGS[EXPERIMENT_KIND])
+        return exp.experiment_id
 
     def start_run(self, experiment: str, name: str, tags: dict[str, str] | None = None,
                   parent: str | None = None) -> str:
@@ -134,7 +156,7 @@ def lightning_logger(cfg):
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri, artifacts = tracking_uri(cfg)
-    check_server(uri)
+    Tracking(uri, artifacts).experiment(cfg.mlflow.experiment)  # created here, with its tags
     if cfg.mlflow.run_id:  # a sweep trial's run: its owner named, tagged and nested it
         run_id, run_name, tags = cfg.mlflow.run_id, None, None
     else:
@@ -174,12 +196,26 @@ def register_model(folder: str | Path, name: str, uri: str, run_id: str) -> Any:
     """Register an export folder in the model registry as a pyfunc model, logged under
     `run_id`; returns the model version. Load it back with
     `mlflow.set_tracking_uri(uri); mlflow.pyfunc.load_model("models:/NAME/VERSION")`."""
+    import os
+    import warnings
+
     import mlflow
 
-    from eelight.mlflow_pyfunc import EelightModel, signature
+    from eelight import mlflow_model_code
+    from eelight.mlflow_pyfunc import signature
 
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=EelightModel(), signature=signature(),
-                                       artifacts={"model_dir": str(folder)}, pip_requirements=["eelight"])
-    return mlflow.register_model(info.model_uri, name)
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a bar per file copied
+    saved = {k: os.environ.get(k) for k in quiet}
+    with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+        # Harmless here: the signature is given, and an input example would need an image file.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        os.environ.update(quiet)
+        try:
+            info = mlflow.pyfunc.log_model(name="model", python_model=mlflow_model_code.__file__,
+                                           signature=signature(), artifacts={"model_dir": str(folder)},
+                                           pip_requirements=["eelight"])
+            return mlflow.register_model(info.model_uri, name)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

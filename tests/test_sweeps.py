@@ -3,6 +3,7 @@ reports, export and the model registry."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def finished(probe_env, tmp_path_factory):
 
 def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finished, probe_env):
     out, summary, stderr = finished
-    progress = [line for line in stderr.splitlines() if line.startswith("[sweep weight_reuse] ")]
+    progress = [line for line in stderr.splitlines() if line.startswith("[sweep weight_reuse] aligner=")]
     assert len(progress) == 3 and progress[-1].endswith("; 3/3 points done")  # one line per finished trial
     assert progress[0].startswith("[sweep weight_reuse] aligner=reuse seed=0 (#0): COMPLETE probe/accuracy=")
     assert summary["ran"] == 3
@@ -100,6 +101,8 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
                 "--register", "eelight-weight-reuse")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
+    for noise in ("CloudPickle", "Warning", "Downloading artifacts"):  # logged as code, quietly
+        assert noise not in stderr, stderr[-3000:]
     info = json.loads(stdout.strip().splitlines()[-1])
     folder = tmp_path / "exp"
     for name in ("model.safetensors", "config.yaml", "vision_config.json", "tokenizer.json",
@@ -249,11 +252,15 @@ def test_every_shipped_sweep_and_experiment_loads():
         load_run_config([str(path), "experiments/stages/instruct.yaml"])
 
 
-def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, probe_env):
-    """`make mlflow-ui` serves the store; headless Chromium (Debian's, driven by Playwright)
-    finds the parent run, its nested trials with params and metric, and the report PNG."""
+def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, probe_env, tmp_path):
+    """`make mlflow-ui` serves the store; headless Chromium (Debian's, driven by Playwright) opens
+    the address the sweep printed and lands on the runs table (not MLflow 3's GenAI overview) with
+    the trials named by their variant, sorted by the objective, whose values it reads; the compare
+    view's parallel coordinates default to the objective; the trial page and the report PNG.
+    With EELIGHT_SCREENSHOTS=DIR it saves the README's screenshot there."""
     import shutil
     import socket
+    import urllib.parse
 
     from playwright.sync_api import expect, sync_playwright
 
@@ -261,6 +268,9 @@ def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, pro
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: .ci/run installs Debian's chromium")
         pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    out, summary, stderr = finished
+    assert f"[sweep weight_reuse] trials in MLflow (a local store: `make mlflow-ui` serves it): " \
+           f"{summary['mlflow_ui']}" in stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -282,30 +292,50 @@ def test_mlflow_ui_in_a_real_browser_shows_study_trials_and_report(finished, pro
                     raise
                 time.sleep(0.5)
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{probe_env['root']}/mlflow.db")
-        exp = client.get_experiment_by_name("weight_reuse").experiment_id
-        parents = [r for r in client.search_runs([exp]) if r.data.tags.get("sweep.role") == "study"]
-        assert len(parents) == 1
-        parent = parents[0]
-        trial = [r for r in client.search_runs([exp]) if r.info.run_name == "aligner=reuse seed=0 (#0)"][0]
+        exp = client.get_experiment_by_name("weight_reuse")
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        runs = client.search_runs([exp.experiment_id])
+        parent = next(r for r in runs if r.data.tags.get("sweep.role") == "study")
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        trial = next(r for r in trials if r.info.run_name == "aligner=reuse seed=0 (#0)")
         args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=args)
-            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-            base = f"http://127.0.0.1:{port}/#/experiments/{exp}"
-            page.goto(f"{base}/runs")
-            study_link = page.locator(f"a[href$='/runs/{parent.info.run_id}']")
-            expect(study_link).to_be_visible(timeout=60000)
-            row = page.get_by_role("row").filter(has=study_link)
-            row.get_by_role("button").first.click()  # nested runs start collapsed: expand them
-            for name in ("aligner=reuse seed=0 (#0)", "aligner=fresh seed=0 (#1)", "aligner=none seed=0 (#2)"):
-                expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=30000)
-            page.goto(f"{base}/runs/{trial.info.run_id}")
+            page = browser.new_context(viewport={"width": 1400, "height": 720}).new_page()
+            page.goto(summary["mlflow_ui"].replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
+            expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=60000)
+            expect(page.get_by_text("Sort: objective")).to_be_visible()
+            for r in trials:  # sorted by the objective, the trials are listed flat
+                expect(page.get_by_role("link", name=r.info.run_name, exact=True)).to_be_visible(timeout=30000)
+            close = page.get_by_role("button", name="Close")  # MLflow's assistant panel, if it opened
+            if close.count():
+                close.last.click()
+            page.get_by_role("button", name="Columns").click()  # as the README says: Columns -> objective
+            menu = page.get_by_role("dialog")
+            menu.get_by_text("objective", exact=True).first.click()  # under Metrics
+            for name in ("Dataset", "Source", "Models"):  # room for it in a screenshot
+                menu.get_by_text(name, exact=True).first.click()
+            menu.get_by_text("model.aligner", exact=True).first.click()
+            page.keyboard.press("Escape")
+            for r in trials:
+                cell = page.locator(f".ag-row[row-id='{r.info.run_id}'] [col-id='metrics.`objective`']").first
+                expect(cell).to_have_text(re.compile(r"^\d"), timeout=30000)
+                assert float(cell.inner_text()) == pytest.approx(r.data.metrics["objective"], abs=1e-3)
+            if os.environ.get("EELIGHT_SCREENSHOTS"):
+                page.screenshot(path=f"{os.environ['EELIGHT_SCREENSHOTS']}/mlflow-runs.png")
+            ids, exps = [r.info.run_id for r in trials], [exp.experiment_id]
+            page.goto(f"http://127.0.0.1:{port}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
+                      f"&experiments={urllib.parse.quote(json.dumps(exps))}")
+            expect(page.get_by_text("Parallel Coordinates Plot")).to_be_visible(timeout=30000)
+            metrics_axis = page.get_by_text("Metrics:", exact=True).locator("xpath=following-sibling::div[1]")
+            expect(metrics_axis).to_have_text("objective", timeout=30000)  # the default axis
+            page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{trial.info.run_id}")
             expect(page.get_by_role("heading", name="aligner=reuse seed=0 (#0)")).to_be_visible(timeout=30000)
             expect(page.get_by_role("link", name="weight_reuse-study", exact=True)).to_be_visible()  # parent run
             expect(page.get_by_text("model.aligner", exact=True).first).to_be_visible()
             expect(page.get_by_text("objective", exact=True).first).to_be_visible()
-            page.goto(f"{base}/runs/{parent.info.run_id}/artifacts")
+            page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts")
             page.get_by_text("report", exact=True).first.click()
             page.get_by_text("metric_vs_variant.png", exact=True).click()
             preview = page.locator("img[alt='report/metric_vs_variant.png']").first

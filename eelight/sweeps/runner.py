@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from eelight.sweeps.config import SweepConfig, point_key
-from eelight.tracking import Tracking
+from eelight.tracking import Tracking, runs_url
 from eelight.training.config import ConfigError
 
 HEARTBEAT_S, GRACE_S = 2, 8
@@ -214,7 +214,11 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
         print(progress_line(study, sweep, trial.number, state.name, value, time.perf_counter() - start),
               file=sys.stderr, flush=True)
     _summarise(study, sweep, parent)
-    return {"study": sweep.name, "ran": ran, "trials": len(study.trials)}
+    tracking = Tracking.of_sweep(sweep)  # the runs table sorted best first:
+    url = runs_url(tracking.uri, tracking.experiment(sweep.name), ascending=sweep.objective.direction == "minimize")
+    served = "" if tracking.uri.startswith("http") else " (a local store: `make mlflow-ui` serves it)"
+    print(f"[sweep {sweep.name}] trials in MLflow{served}: {url}", file=sys.stderr, flush=True)
+    return {"study": sweep.name, "ran": ran, "trials": len(study.trials), "mlflow_ui": url}
 
 
 def progress_line(study, sweep: SweepConfig, number: int, state: str, value: float | None, seconds: float) -> str:

@@ -88,7 +88,11 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
         "optuna.trial": str(trial.number), "grid_point": trial.user_attrs["grid_point"]}, parent=parent_run_id)
     trial.set_user_attr("mlflow_run_id", run_id)
     resolved = replace(final_cfg, model=resolve_model(final_cfg.model))  # the sizes trained, not the defaults
-    tracking.log_params(run_id, {**flat_params(resolved), **{f"trial.{k}": v for k, v in trial.params.items()}})
+    # The trial's values are config keys already; `name` (its run folder) is the run_dir tag.
+    tracking.log_params(run_id, {k: v for k, v in flat_params(resolved).items() if k != "name"})
+    # NaN until the trial has a value (and for good if it fails). Logged first so that MLflow's
+    # compare view, which defaults to a run's first-logged metric, puts the objective on its axis.
+    tracking.log_metrics(run_id, {"objective": float("nan")})
     try:
         init_from, result, samples, start = None, {}, 0, time.perf_counter()
         for stage in sweep.stages:
