@@ -148,6 +148,16 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     shorter = pyfunc.predict(pd.DataFrame({"image": [str(tmp_path / "q.png")], "prompt": [QUESTIONS["colour"]]}),
                              params={"max_new_tokens": 1})
     assert shorter == [tok.decode(expected[0, :1], skip_special_tokens=True).strip()]
+    # The README's example as written, from a project root whose mlruns/ is this test's store.
+    readme = Path(__file__).parent.parent.joinpath("README.md").read_text()
+    block = readme.split("<!-- register-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "mlruns").symlink_to(probe_env["root"])
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    ran = subprocess.run([sys.executable, "-c", block], cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip() == repr(answer) and not (root / "mlflow.db").exists()  # no stray store
 
 
 def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_path):
