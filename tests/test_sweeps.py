@@ -60,6 +60,8 @@ def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finish
     progress = [line for line in stderr.splitlines() if line.startswith("[sweep weight_reuse] aligner=")]
     assert len(progress) == 3 and progress[-1].endswith("; 3/3 points done")  # one line per finished trial
     assert progress[0].startswith("[sweep weight_reuse] aligner=reuse seed=0 (#0): COMPLETE probe/accuracy=")
+    for noise in ("litlogger", "Warning", "deprecated"):  # Lightning's tip, LeafSpec, Optuna, MLflow
+        assert noise not in stderr, [line for line in stderr.splitlines() if noise in line][:3]
     assert summary["ran"] == 3
     study = _study(out)
     assert set(_complete_points(study).values()) == {1} and len(_complete_points(study)) == 3
