@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo mlflow-ui sweep report export
+.PHONY: install test lint demo mlflow-ui sweep report export services services-stop
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,3 +44,10 @@ report: $(STAMP)
 
 export: $(STAMP)
 	$(PY) -m eelight.cli export --study $(NAME) --out exported/$(NAME) $(ARGS)
+
+# A local PostgreSQL (study storage) + MLflow tracking server pair under ./services; prints how to use them.
+services: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m eelight.cli services start $(ARGS)
+
+services-stop: $(STAMP)
+	$(PY) -m eelight.cli services stop $(ARGS)

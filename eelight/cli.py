@@ -4,7 +4,8 @@
     eelight backbones --probe data/probe --out .cache/backbones
     eelight demo [key=value ...]
     eelight eval runs/ee_mllm_tiny/instruct benchmarks=[mmbench,textvqa] [eval.data_root=...] [model.visual_attn=none]
-    eelight sweep sweeps/weight_reuse.yaml [key=value ...] [--max-trials N]
+    eelight sweep sweeps/weight_reuse.yaml [key=value ...] [--max-trials N] [--storage URL]
+    eelight services start|stop [--dir services]   # local PostgreSQL + MLflow server
     eelight report weight_reuse
     eelight export --study weight_reuse --out exported/ [--register NAME]
 
@@ -57,6 +58,8 @@ def _sweep(args: argparse.Namespace) -> None:
 def _with_out_dir(sweep, args: argparse.Namespace):
     if args.out_dir:
         sweep.out_dir = args.out_dir
+    if args.storage:
+        sweep.storage = args.storage
     return sweep
 
 
@@ -83,6 +86,17 @@ def _eval(args: argparse.Namespace) -> None:
     from eelight.eval.command import main
 
     main(args.target, args.overrides, out=args.out, log=not args.no_mlflow)
+
+
+def _services(args: argparse.Namespace) -> None:
+    from eelight import services
+
+    if args.action == "stop":
+        services.stop(args.dir)
+        print(f"stopped the services in {args.dir} (their data stays there)")
+        return
+    svc = services.start(args.dir, args.pg_port, args.mlflow_port)
+    print(services.describe(svc))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -125,12 +139,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="where predictions go (default TARGET/eval/<variant>)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("services", help="start/stop a local PostgreSQL (study storage) + MLflow server pair")
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("--dir", default="services", help="where their data, logs and addresses live")
+    p.add_argument("--pg-port", type=int, default=5433)
+    p.add_argument("--mlflow-port", type=int, default=5001)
+    p.set_defaults(fn=_services)
     p = sub.add_parser("demo", help="probe -> backbones -> align -> instruct -> accuracy")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_demo)
     for name in ("sweep", "report", "export"):
         sub.choices[name].add_argument("--out-dir", default=None,
                                        help="where the study, trial runs and report live (default sweeps_out)")
+        sub.choices[name].add_argument("--storage", default=None,
+                                       help="the study's storage URL, instead of the sweep file's `storage:`")
     args = parser.parse_args(argv)
     try:
         args.fn(args)
