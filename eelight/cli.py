@@ -153,7 +153,11 @@ def main(argv: list[str] | None = None) -> None:
                                        help="where the study, trial runs and report live (default sweeps_out)")
         sub.choices[name].add_argument("--storage", default=None,
                                        help="the study's storage URL, instead of the sweep file's `storage:`")
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after options: `sweep FILE --storage URL k=v`.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = getattr(args, "overrides", []) + extra
     try:
         args.fn(args)
     except (UserError, FileNotFoundError) as exn:
