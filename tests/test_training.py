@@ -108,6 +108,18 @@ def test_mlflow_store_holds_params_metrics_and_config(probe_env):
     vision = json.loads((Path(_cfg(probe_env).model.vision.path) / "config.json").read_text())["vision_config"]
     assert run["params.model.llm.vocab_size"] == str(llm["vocab_size"]) != "128"
     assert run["params.model.vision.image_size"] == str(vision["image_size"]) == "64"
+    hf_names = {"llm": {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "vocab_size": "vocab_size",
+                        "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads",
+                        "intermediate_size": "intermediate_size", "head_dim": "head_dim",
+                        "max_positions": "max_position_embeddings", "rms_norm_eps": "rms_norm_eps",
+                        "tie_embeddings": "tie_word_embeddings"},
+                "vision": {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads":
+                           "num_attention_heads", "intermediate_size": "intermediate_size",
+                           "image_size": "image_size", "patch_size": "patch_size"}}
+    for part, hf in (("llm", llm), ("vision", vision)):  # every size param is the checkpoint's
+        for ours, theirs in hf_names[part].items():
+            assert run[f"params.model.{part}.{ours}"] == str(hf[theirs]), (part, ours)
+    assert run["params.model.llm.rope_theta"] == str(llm["rope_parameters"]["rope_theta"])
     saved = (Path(result["checkpoint"]).parent / "config.yaml").read_text()
     assert f"vocab_size: {llm['vocab_size']}" in saved
     assert run["metrics.train/loss"] > 0 and "metrics.throughput/samples_per_s" in runs.columns
