@@ -21,7 +21,7 @@ import gc
 import statistics
 
 import torch
-from timing import timed
+from timing import add_run_args, device_dtype, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from eelight.models import LLMConfig, model_config
@@ -81,13 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nv", type=int, default=576, help="visual tokens (576: CLIP ViT-L/14 at 336 px)")
     parser.add_argument("--nt", type=int, default=64, help="text tokens")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--attn-impl", default="auto", help="model.attn_impl: auto / sdpa / flash")
+    add_run_args(parser, warmup=2)
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = device_dtype(args)
     llm = LLMConfig(vocab_size=32, hidden_size=args.hidden, intermediate_size=args.ffn, num_layers=args.layers,
                     num_heads=args.heads, num_kv_heads=args.heads, max_positions=args.nv + args.nt)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

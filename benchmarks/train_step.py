@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from timing import sync, timed
+from timing import add_run_args, device_dtype, sync, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from eelight.models import hf_loading
@@ -186,13 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", default=None, help="BxNvxNt (default: 32x64x64, or 1x576x64)")
     parser.add_argument("--models", nargs="+", default=["hf", "llava", "ee_mllm"])
     parser.add_argument("--no-compile", action="store_true", help="eager only")
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--attn-impl", default="auto", help="model.attn_impl: auto / sdpa / flash")
+    add_run_args(parser, warmup=1)
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = device_dtype(args)
     sizes = VICUNA if args.vicuna else DEMO
     layers = args.layers or sizes["num_hidden_layers"]
     shapes = [Shape.parse(s) for s in args.shapes or (["1x576x64"] if args.vicuna else ["32x64x64"])]
