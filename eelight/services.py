@@ -167,6 +167,6 @@ def describe(svc: Services) -> str:
     return "\n".join([
         f"study storage:  {svc.storage}",
         f"MLflow server:  {svc.tracking_uri}   (UI and tracking; artifacts in {svc.folder}/artifacts)",
-        "use them:       eelight sweep sweeps/NAME.yaml --storage STORAGE mlflow.tracking_uri=TRACKING_URI",
+        f"use them:       eelight sweep sweeps/NAME.yaml --storage {svc.storage} mlflow.tracking_uri={svc.tracking_uri}",
         f"stop them:      eelight services stop --dir {svc.folder}",
-    ]).replace("STORAGE", svc.storage).replace("TRACKING_URI", svc.tracking_uri)
+    ])

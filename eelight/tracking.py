@@ -198,6 +198,7 @@ def register_model(folder: str | Path, name: str, uri: str, run_id: str) -> Any:
     `mlflow.set_tracking_uri(uri); mlflow.pyfunc.load_model("models:/NAME/VERSION")`."""
     import os
     import warnings
+    from unittest import mock
 
     import mlflow
 
@@ -205,17 +206,11 @@ def register_model(folder: str | Path, name: str, uri: str, run_id: str) -> Any:
     from eelight.mlflow_pyfunc import signature
 
     mlflow.set_tracking_uri(uri)
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a bar per file copied
-    saved = {k: os.environ.get(k) for k in quiet}
-    with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # else a bar per file copied
+    with warnings.catch_warnings(), mock.patch.dict(os.environ, quiet), mlflow.start_run(run_id=run_id):
         # Harmless here: the signature is given, and an input example would need an image file.
         warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        os.environ.update(quiet)
-        try:
-            info = mlflow.pyfunc.log_model(name="model", python_model=mlflow_model_code.__file__,
-                                           signature=signature(), artifacts={"model_dir": str(folder)},
-                                           pip_requirements=["eelight"])
-            return mlflow.register_model(info.model_uri, name)
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        info = mlflow.pyfunc.log_model(name="model", python_model=mlflow_model_code.__file__,
+                                       signature=signature(), artifacts={"model_dir": str(folder)},
+                                       pip_requirements=["eelight"])
+        return mlflow.register_model(info.model_uri, name)

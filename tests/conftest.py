@@ -49,3 +49,33 @@ def probe_env(tmp_path_factory):
         "data.batch_size=32", "data.val_samples=40", "data.shuffle=200",
     ]
     return {"root": root, "overrides": overrides}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """`eelight services` on free ports in a temp folder: a real PostgreSQL (the study storage)
+    and an MLflow server backed by it; one pair per test module, stopped after it."""
+    import shutil
+    import tempfile
+
+    from eelight import services
+
+    try:
+        services._pg_bin("initdb")
+    except Exception:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="eelight-services-"))  # /tmp: the postgres user can reach it
+    svc = services.start(folder, free_port(), free_port())
+    yield svc
+    services.stop(folder)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -4,11 +4,8 @@ the study through PostgreSQL and log to the server."""
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -19,27 +16,6 @@ import pytest
 from eelight import services
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def servers():
-    try:
-        services._pg_bin("initdb")
-    except Exception:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="eelight-services-"))  # /tmp: the postgres user can reach it
-    svc = services.start(folder, _free_port(), _free_port())
-    yield svc
-    services.stop(folder)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _worker(probe_env, out, svc, study="weight_reuse"):

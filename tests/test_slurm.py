@@ -71,57 +71,42 @@ def test_usr1_requeues_and_the_rerun_resumes(cluster, probe_env, tmp_path):
     assert result["global_step"] == 400 and result["resumed_from_step"] > 0
 
 
-def test_sweep_job_array_shares_a_postgresql_study_and_survives_a_cancelled_task(cluster, probe_env, tmp_path):
+def test_sweep_job_array_shares_a_postgresql_study_and_survives_a_cancelled_task(cluster, servers, probe_env, tmp_path):
     """`sbatch --array=0-1 slurm/sweep.sbatch`: two workers on one PostgreSQL study, logging to
     one MLflow server. `scancel` of one array task mid-trial: its trial goes stale, is marked
     FAIL (its MLflow run FAILED) and its point runs again in the other task; the study completes."""
-    import shutil
-    import tempfile
-
     import mlflow
     import optuna
-    from test_services import _free_port
 
-    from eelight import services
-
-    try:
-        services._pg_bin("initdb")
-    except Exception:
-        pytest.skip("PostgreSQL not installed") if not os.environ.get("CI") else pytest.fail("PostgreSQL missing")
-    folder = Path(tempfile.mkdtemp(prefix="eelight-services-"))
-    svc = services.start(folder, _free_port(), _free_port())
-    try:
-        overrides = [o for o in probe_env["overrides"] if not o.startswith(("out_dir", "mlflow.tracking_uri"))]
-        job = cluster.sbatch("--array=0-1", "--chdir", str(ROOT), "--output", str(tmp_path / "sweep-%a.out"),
-                             "--export", "ALL,OMP_NUM_THREADS=1", "slurm/sweep.sbatch", "sweeps/weight_reuse.yaml",
-                             "--storage", svc.storage, "--out-dir", str(tmp_path / "out"), *overrides,
-                             f"mlflow.tracking_uri={svc.tracking_uri}", "trainer.max_steps=40",
-                             "data.batch_size=8", "data.val_samples=16")
-        deadline = time.time() + 300
-        running = []
-        while time.time() < deadline and len(running) < 2:  # both tasks inside a trial
-            assert cluster.job(f"{job}_1").get("JobState") in {"PENDING", "RUNNING", None}, \
-                "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))[-3000:]
-            try:
-                study = optuna.load_study(study_name="weight_reuse", storage=svc.storage)
-                running = [t for t in study.trials if t.state.name == "RUNNING"]
-            except KeyError:  # not created yet
-                pass
-            time.sleep(0.5)
-        assert len(running) == 2, "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))[-3000:]
-        assert cluster.run("scancel", f"{job}_1").returncode == 0
-        info = cluster.wait(f"{job}_0", {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=600)
-        log = "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))
-        assert info["JobState"] == "COMPLETED", log[-3000:]
-        study = optuna.load_study(study_name="weight_reuse", storage=svc.storage)
-        states = [t.state.name for t in study.trials]
-        done = [t.user_attrs["grid_point"] for t in study.trials if t.state.name == "COMPLETE"]
-        assert sorted(set(done)) == sorted(done) and len(done) == 3, states  # each point once
-        failed = [t for t in study.trials if t.state.name == "FAIL"]
-        assert len(failed) == 1, states  # the cancelled task's trial
-        client = mlflow.MlflowClient(tracking_uri=svc.tracking_uri)
-        run = client.get_run(failed[0].user_attrs["mlflow_run_id"])
-        assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["error"]
-    finally:
-        services.stop(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    svc = servers
+    overrides = [o for o in probe_env["overrides"] if not o.startswith(("out_dir", "mlflow.tracking_uri"))]
+    job = cluster.sbatch("--array=0-1", "--chdir", str(ROOT), "--output", str(tmp_path / "sweep-%a.out"),
+                         "--export", "ALL,OMP_NUM_THREADS=1", "slurm/sweep.sbatch", "sweeps/weight_reuse.yaml",
+                         "--storage", svc.storage, "--out-dir", str(tmp_path / "out"), *overrides,
+                         f"mlflow.tracking_uri={svc.tracking_uri}", "trainer.max_steps=40",
+                         "data.batch_size=8", "data.val_samples=16")
+    deadline = time.time() + 300
+    running = []
+    while time.time() < deadline and len(running) < 2:  # both tasks inside a trial
+        assert cluster.job(f"{job}_1").get("JobState") in {"PENDING", "RUNNING", None}, \
+            "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))[-3000:]
+        try:
+            study = optuna.load_study(study_name="weight_reuse", storage=svc.storage)
+            running = [t for t in study.trials if t.state.name == "RUNNING"]
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.5)
+    assert len(running) == 2, "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))[-3000:]
+    assert cluster.run("scancel", f"{job}_1").returncode == 0
+    info = cluster.wait(f"{job}_0", {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=600)
+    log = "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    study = optuna.load_study(study_name="weight_reuse", storage=svc.storage)
+    states = [t.state.name for t in study.trials]
+    done = [t.user_attrs["grid_point"] for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(set(done)) == sorted(done) and len(done) == 3, states  # each point once
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(failed) == 1, states  # the cancelled task's trial
+    client = mlflow.MlflowClient(tracking_uri=svc.tracking_uri)
+    run = client.get_run(failed[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["error"]

@@ -213,8 +213,9 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         print(progress_line(study, sweep, trial.number, state.name, value, time.perf_counter() - start),
               file=sys.stderr, flush=True)
-    _summarise(study, sweep, parent)
-    tracking = Tracking.of_sweep(sweep)  # the runs table sorted best first:
+    tracking = Tracking.of_sweep(sweep)
+    _summarise(study, tracking, parent)
+    # The runs table sorted best first:
     url = runs_url(tracking.uri, tracking.experiment(sweep.name), ascending=sweep.objective.direction == "minimize")
     served = "" if tracking.uri.startswith("http") else " (a local store: `make mlflow-ui` serves it)"
     print(f"[sweep {sweep.name}] trials in MLflow{served}: {url}", file=sys.stderr, flush=True)
@@ -241,10 +242,9 @@ def progress_line(study, sweep: SweepConfig, number: int, state: str, value: flo
     return line + f"; {len({t.user_attrs['grid_point'] for t in done})}/{len(sweep.grid_points())} points done"
 
 
-def _summarise(study, sweep: SweepConfig, parent: str) -> None:
+def _summarise(study, tracking: Tracking, parent: str) -> None:
     from optuna.trial import TrialState
 
-    tracking = Tracking.of_sweep(sweep)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if done:
         best = study.best_trial
