@@ -90,7 +90,8 @@ def _wait_health(url: str, timeout_s: float, log: Path, proc: subprocess.Popen) 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise UserError(f"the MLflow server exited at start ({proc.returncode}); see {log}")
+            raise UserError(f"the MLflow server for {url} exited at start (status {proc.returncode}; "
+                            f"is the port taken? --mlflow-port picks another); see {log}")
         try:
             if urllib.request.urlopen(f"{url}/health", timeout=2).read() == b"OK":
                 return
