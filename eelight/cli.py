@@ -24,15 +24,19 @@ from eelight.errors import UserError, one_line
 
 
 def _train(args: argparse.Namespace) -> None:
+    from eelight.sweeps.pruning import pruning_from_env
+    from eelight.sweeps.stage_process import die_with_worker
     from eelight.training.config import ConfigError, load_run_config
     from eelight.training.run import train
+
+    die_with_worker()
 
     yamls = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
     if not yamls:
         raise ConfigError("eelight train needs an experiment file first, e.g. eelight train "
                           "experiments/ee_mllm_tiny.yaml [key=value ...] (or `make demo` for the whole demo)")
-    result = train(load_run_config(yamls, overrides))
+    result = train(load_run_config(yamls, overrides), pruning_from_env())
     print(json.dumps(result, indent=1))
 
 

@@ -47,13 +47,17 @@ JOURNAL = "journal:"
 
 
 def make_storage(sweep: SweepConfig, failed_trial_callback=None):
-    """An Optuna storage object for the sweep. `journal:PATH`: JournalStorage on a file (no
-    database server; file locks, so it works on a shared filesystem where SQLite does not).
-    Optuna gives JournalStorage no heartbeats: a killed worker's trial stays RUNNING and is not
-    retried (use an RDB storage where workers get preempted)."""
+    """An Optuna storage object for the sweep (`open_storage` of its `storage_url`)."""
+    return open_storage(storage_url(sweep), failed_trial_callback)
+
+
+def open_storage(url: str, failed_trial_callback=None):
+    """An Optuna storage object. `journal:PATH`: JournalStorage on a file (no database server;
+    file locks, so it works on a shared filesystem where SQLite does not). Optuna gives
+    JournalStorage no heartbeats: a killed worker's trial stays RUNNING and is not retried (use
+    an RDB storage where workers get preempted)."""
     from optuna.storages import RDBStorage
 
-    url = storage_url(sweep)
     if url.startswith(JOURNAL):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -109,6 +113,14 @@ class _StaleTrial:
         self.retry(study, trial)
 
 
+def make_pruner(kind: str):
+    """The Optuna pruner a sweep file's `pruner:` names (the pruner is not stored with the study:
+    every process that prunes builds its own)."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=2) if kind == "median" else optuna.pruners.NopPruner()
+
+
 def open_study(sweep: SweepConfig):
     """Create or load the study; enqueue the grid points it does not have yet."""
     import optuna
@@ -116,7 +128,7 @@ def open_study(sweep: SweepConfig):
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     sampler = optuna.samplers.TPESampler(seed=0) if sweep.sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.pruner == "median" else optuna.pruners.NopPruner()
+    pruner = make_pruner(sweep.pruner)
     with _setup_lock(sweep), warnings.catch_warnings():  # the schema (Optuna's, MLflow's) races between workers
         # Optuna 4.9+ names the retry of a stale trial RetryHeartbeatStaleTrialCallback (still "experimental")
         warnings.simplefilter("ignore", ExperimentalWarning)

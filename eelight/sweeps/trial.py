@@ -8,27 +8,8 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
-import lightning as L
-
 from eelight.sweeps.config import SweepConfig, point_overrides
 from eelight.training.config import flat_params, load_run_config
-
-
-class OptunaPruning(L.Callback):
-    """Reports the objective after each validation and stops a trial the pruner rejects."""
-
-    def __init__(self, trial, metric: str) -> None:
-        self.trial, self.metric = trial, metric
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import optuna
-
-        value = trainer.callback_metrics.get(self.metric)
-        if value is None or trainer.sanity_checking:
-            return
-        self.trial.report(float(value), step=trainer.global_step)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {trainer.global_step}: {self.metric}={float(value):.4f}")
 
 
 def suggest_overrides(trial, sweep: SweepConfig) -> list[str]:
@@ -64,6 +45,21 @@ def trial_label(point: dict[str, Any], number: int) -> str:
     return " ".join(parts) + f" (#{number})"
 
 
+def train_stage(cfg, trial, sweep: SweepConfig, prune: bool) -> dict[str, Any]:
+    """One stage of a trial: in this process on one device; on several, in a child process
+    (`sweeps/stage_process.py`). `prune`: the objective is reported to the trial's pruner."""
+    from eelight.sweeps.pruning import OptunaPruning, trial_spec
+    from eelight.sweeps.runner import storage_url
+    from eelight.sweeps.stage_process import run_stage_process, world_size
+    from eelight.training.run import train
+
+    if world_size(cfg) > 1:
+        spec = trial_spec(storage_url(sweep), sweep.name, trial._trial_id, sweep.objective.metric,
+                          sweep.pruner) if prune else None
+        return run_stage_process(cfg, spec)
+    return train(cfg, [OptunaPruning(trial, sweep.objective.metric)] if prune else [])
+
+
 def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     """Returns (TrialState, objective value or None); never raises for a failed trial."""
     import optuna
@@ -72,7 +68,6 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     from eelight.eval.cost import forward_cost
     from eelight.models.hf_loading import resolve_model
     from eelight.tracking import Tracking
-    from eelight.training.run import train
 
     point = trial.user_attrs["point"]
     sampled = suggest_overrides(trial, sweep)
@@ -99,8 +94,9 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
             cfg = load_run_config(yamls[stage], base + sweep.stage_overrides.get(stage, [])
                                   + [f"stage={stage}", f"mlflow.run_id={run_id}", f"mlflow.prefix={stage}"]
                                   + ([f"init_from={init_from}"] if init_from else []))
-            pruning = [OptunaPruning(trial, sweep.objective.metric)] if stage == last else []
-            result = train(cfg, pruning)
+            result = train_stage(cfg, trial, sweep, prune=stage == last)
+            if result.get("stop_reason"):
+                raise optuna.TrialPruned(result["stop_reason"])
             init_from = result["checkpoint"]
             samples += (result["global_step"] - result["resumed_from_step"]) * cfg.data.batch_size * \
                 cfg.trainer.accumulate_grad_batches * result["world_size"]

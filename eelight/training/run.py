@@ -182,14 +182,16 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
         default_root_dir=run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
     )
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    # A callback that stopped the run says why (a sweep's pruner: `sweeps/pruning.py`).
+    stop_reason = next((c.stop_reason for c in callbacks if getattr(c, "stop_reason", None)), None)
     metrics: dict[str, float] = {}
-    if cfg.data.val_shards:
+    if cfg.data.val_shards and not stop_reason:
         trainer.limit_val_batches = 1.0
         trainer.validate(module, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") or k.split("/")[0] in cfg.eval.benchmarks}
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
-              "metrics": metrics,
+              "metrics": metrics, "stop_reason": stop_reason,
               "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
               "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s}
