@@ -5,6 +5,11 @@ Stages (docs/DESIGN.md §2):
 - align: projector + new parameters (aligner=fresh copies, Flamingo cross-attention
   and gates) train; the LLM and the vision tower are frozen.
 - instruct: projector + the whole LLM (new parameters included) train; vision frozen.
+
+On several ranks (DDP, FSDP) the loss is the mean over the *global* batch's supervised tokens,
+not the mean of each rank's own mean: N ranks then train exactly as one process with the
+same global batch would, whatever the tokens per rank (tests/test_two_nodes.py). Gradient
+accumulation still weights micro-batches equally (Lightning divides each by their number).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import lightning as L
 import torch
 
 from eelight.data.loader import BadCountTracker
-from eelight.models.mllm import MLLM
+from eelight.models.mllm import IGNORE_INDEX, MLLM
 from eelight.training.config import OptimConfig
 
 
@@ -84,11 +89,24 @@ class MLLMModule(L.LightningModule):
             self.log("throughput/samples_per_s", b / dt)
             self.log("throughput/tokens_per_s", b * (n + self.model.num_visual_tokens) / dt)
         self._last_time = now
-        self.log("train/loss", out.loss, prog_bar=True)
+        loss, global_loss = self.global_token_mean(out.loss, batch["labels"])
+        self.log("train/loss", global_loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         for kind, count in self.bad_tracker.counts.items():
             self.log(f"data/bad_{kind}", float(count))
-        return out.loss
+        return loss
+
+    def global_token_mean(self, loss: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to backpropagate, the global batch's loss to log). This rank's mean over its
+        n supervised tokens, scaled by n x world / (tokens on every rank): the ranks' gradients,
+        averaged by DDP/FSDP, are the gradient of the global token mean."""
+        world = self.trainer.world_size
+        if world == 1:
+            return loss, loss.detach()
+        n = (labels[:, 1:] != IGNORE_INDEX).sum().to(loss.dtype)
+        total = self.trainer.strategy.reduce(n.detach().clone(), reduce_op="sum")
+        scaled = loss * n * world / total
+        return scaled, self.trainer.strategy.reduce(scaled.detach().clone(), reduce_op="mean")
 
     @property
     def samples_per_s(self) -> float | None:
@@ -110,6 +128,17 @@ class MLLMModule(L.LightningModule):
         for key, value in self.evaluate(self.model).items():
             self.log(key, value, prog_bar=key.count("/") == 1, sync_dist=False)
         self.model.train(was_training)
+
+    def on_train_start(self) -> None:
+        """A resumed run (`trainer.max_steps` may have been raised to train on) takes its learning
+        rates from this run's schedule at the resumed step, not the checkpoint's optimizer: its
+        rates were set by the old schedule, whose cosine ended at the old max_steps."""
+        if self.trainer.global_step == 0:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            for group, base, rate in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+                group["lr"] = base * rate(sched.last_epoch)
 
     def configure_model(self) -> None:
         """FSDP2 under ModelParallelStrategy: one wrap unit per decoder layer, then the root;
