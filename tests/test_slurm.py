@@ -92,7 +92,8 @@ def test_sweep_job_array_shares_a_postgresql_study_and_survives_a_cancelled_task
             "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))[-3000:]
         try:
             study = optuna.load_study(study_name="weight_reuse", storage=svc.storage)
-            running = [t for t in study.trials if t.state.name == "RUNNING"]
+            # inside a trial = its MLflow run exists (a trial is RUNNING a moment before that)
+            running = [t for t in study.trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
         except KeyError:  # not created yet
             pass
         time.sleep(0.5)
