@@ -111,3 +111,24 @@ def test_sweep_job_array_shares_a_postgresql_study_and_survives_a_cancelled_task
     client = mlflow.MlflowClient(tracking_uri=svc.tracking_uri)
     run = client.get_run(failed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["error"]
+
+
+def test_a_sweep_task_runs_trials_on_two_processes(cluster, probe_env, tmp_path):
+    """One array task (ntasks=1) whose trials use `trainer.devices=2`: the stage process's ranks
+    are Lightning's, not srun's (the task count is not passed on), and the pruner still works."""
+    import optuna
+    from test_sweep_ddp import SWEEP
+
+    sweep = tmp_path / "ddp_prune.yaml"
+    sweep.write_text(SWEEP)
+    overrides = [o for o in probe_env["overrides"] if not o.startswith(("out_dir", "mlflow.", "data.batch_size"))]
+    job = cluster.sbatch("--chdir", str(ROOT), "--output", str(tmp_path / "sweep-%j.out"), "--export",
+                         "ALL,OMP_NUM_THREADS=1", "slurm/sweep.sbatch", str(sweep), "--out-dir", str(tmp_path),
+                         *overrides, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    info = cluster.wait(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=600)
+    log = "".join(p.read_text() for p in tmp_path.glob("sweep-*.out"))
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    study = optuna.load_study(study_name="ddp_prune", storage=f"sqlite:///{tmp_path}/ddp_prune/study.db")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"], log[-3000:]
+    result = json.loads((tmp_path / "ddp_prune" / "runs" / "trial_0000" / "align" / "result.json").read_text())
+    assert result["world_size"] == 2
