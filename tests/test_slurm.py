@@ -1,5 +1,6 @@
 """`sbatch slurm/train.sbatch` on a real single-node SLURM: a 2-task DDP job through
-Lightning's SLURMEnvironment, and USR1 -> requeue -> resume from the HPC checkpoint."""
+Lightning's SLURMEnvironment, USR1 -> requeue -> resume from the HPC checkpoint, and
+`slurm/sweep.sbatch` job arrays (a shared PostgreSQL study, a cancelled task, DDP trials)."""
 
 import json
 import os
