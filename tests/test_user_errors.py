@@ -42,6 +42,17 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
     bad.write_text("name: x\ndata:\n  batch_size: [1, 2\n  template: probe\n")
     err = _one_line_exit_2(capsys, ["train", str(bad)])
     assert f"{bad}, line" in err and "YAML syntax error" in err
+    sweep = tmp_path / "sweep.yaml"  # a sweep file too (it was a traceback)
+    sweep.write_text("name: x\noverrides: [data.train_shards=a-{0..1}.tar]\n")
+    err = _one_line_exit_2(capsys, ["sweep", str(sweep)])
+    assert f"{sweep}, line 2" in err and "YAML syntax error" in err
+
+
+@pytest.mark.parametrize("key", ["optim.lr", "optim.projector_lr", "optim.new_params_lr", "optim.weight_decay"])
+def test_negative_learning_rate_is_refused(capsys, key):
+    """AdamW checks only its default lr: a negative per-group rate used to train "uphill"."""
+    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", f"{key}=-0.001"])
+    assert f"{key}=-0.001 is negative" in err
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip", "dict"])

@@ -24,13 +24,10 @@ from typing import Any
 
 from eelight.sweeps.pruning import TRIAL_ENV
 from eelight.training.config import RunConfig, to_yaml
+from eelight.training.distributed import world_size
 
 PARENT_ENV = "EELIGHT_WORKER_PID"
 _SLURM_TASKS = ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_NUM_TASKS")
-
-
-def world_size(cfg: RunConfig) -> int:
-    return cfg.trainer.devices * cfg.trainer.num_nodes
 
 
 def run_stage_process(cfg: RunConfig, trial_spec: str | None) -> dict[str, Any]:
@@ -52,7 +49,7 @@ def run_stage_process(cfg: RunConfig, trial_spec: str | None) -> dict[str, Any]:
             if line.strip():
                 tail.append(line.strip())
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {cfg.stage} on {world_size(cfg)} processes exited with status "
+        raise RuntimeError(f"stage {cfg.stage} on {world_size(cfg.trainer)} processes exited with status "
                            f"{proc.returncode}: {tail[-1] if tail else 'no output'}")
     return json.loads((cfg.run_dir / "result.json").read_text())
 

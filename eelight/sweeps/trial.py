@@ -50,10 +50,11 @@ def train_stage(cfg, trial, sweep: SweepConfig, prune: bool) -> dict[str, Any]:
     (`sweeps/stage_process.py`). `prune`: the objective is reported to the trial's pruner."""
     from eelight.sweeps.pruning import OptunaPruning, trial_spec
     from eelight.sweeps.runner import storage_url
-    from eelight.sweeps.stage_process import run_stage_process, world_size
+    from eelight.sweeps.stage_process import run_stage_process
+    from eelight.training.distributed import world_size
     from eelight.training.run import train
 
-    if world_size(cfg) > 1:
+    if world_size(cfg.trainer) > 1:
         spec = trial_spec(storage_url(sweep), sweep.name, trial._trial_id, sweep.objective.metric,
                           sweep.pruner) if prune else None
         return run_stage_process(cfg, spec)

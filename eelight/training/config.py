@@ -105,6 +105,9 @@ class RunConfig:
         check_names(list(self.eval.benchmarks))
         if self.trainer.threads is not None and self.trainer.threads < 1:
             raise ValueError(f"trainer.threads={self.trainer.threads} must be >= 1 (or null: a share of the cores)")
+        for key in ("lr", "projector_lr", "new_params_lr", "weight_decay"):
+            if getattr(self.optim, key) < 0:
+                raise ValueError(f"optim.{key}={getattr(self.optim, key)} is negative; use a rate >= 0 (0 freezes the group)")
         if self.data.image_placement not in PLACEMENTS:
             raise ValueError(
                 f"data.image_placement={self.data.image_placement!r} is not allowed; choose one of {list(PLACEMENTS)}"

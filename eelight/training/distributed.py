@@ -40,9 +40,14 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         self.barrier("eelight_ckpt_renamed")
 
 
+def world_size(cfg: TrainerConfig) -> int:
+    """Processes in the run: devices per node x nodes."""
+    return cfg.devices * cfg.num_nodes
+
+
 def make_strategy(cfg: TrainerConfig) -> Any:
     if cfg.strategy == "fsdp":
-        return AtomicModelParallelStrategy(data_parallel_size=cfg.devices * cfg.num_nodes, tensor_parallel_size=1)
+        return AtomicModelParallelStrategy(data_parallel_size=world_size(cfg), tensor_parallel_size=1)
     return cfg.strategy
 
 

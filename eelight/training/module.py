@@ -118,7 +118,7 @@ class MLLMModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
                          image_offset=batch.get("image_offset"))
-        self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.evaluate is None or self.trainer.sanity_checking:
@@ -126,7 +126,7 @@ class MLLMModule(L.LightningModule):
         was_training = self.model.training
         self.model.eval()
         for key, value in self.evaluate(self.model).items():
-            self.log(key, value, prog_bar=key.count("/") == 1, sync_dist=False)
+            self.log(key, value, prog_bar=key.count("/") == 1, sync_dist=True)
         self.model.train(was_training)
 
     def on_train_start(self) -> None:
