@@ -73,6 +73,21 @@ def test_category_score_means():
     assert float(metric.unparsed) == 1
 
 
+def test_probe_reports_each_kind_of_a_family_with_several():
+    """attribute asks 4 kinds: each gets its own accuracy; a one-kind family gets none."""
+    from eelight.eval.probe import Probe
+
+    rows = [("attribute", "colour", 1.0), ("attribute", "colour", 0.0), ("attribute", "colour", 0.0),
+            ("attribute", "count", 1.0), ("relation", "relation", 1.0), ("relation", "relation", 0.0)]
+    items = [Item(qid=str(i), question="q", category=f, gold="a", row={"kind": k}) for i, (f, k, _) in enumerate(rows)]
+    out = Probe("unused").results(items, [Scored(s, "a") for *_, s in rows])
+    assert out["probe/accuracy"] == pytest.approx(3 / 6)
+    assert out["probe/accuracy/attribute"] == pytest.approx(2 / 4)
+    assert out["probe/accuracy/attribute/colour"] == pytest.approx(1 / 3)
+    assert out["probe/accuracy/attribute/count"] == 1.0
+    assert out["probe/accuracy/relation"] == 0.5 and "probe/accuracy/relation/relation" not in out
+
+
 def _mc(qid, gold, category="cat"):
     choices = {"A": "red", "B": "green", "C": "blue", "D": "yellow"}
     return Item(qid=qid, question="q", category=category, gold=gold, choices=choices, plain_question="q",

@@ -50,6 +50,8 @@ def table(results: list[EvalResult], label: str) -> str:
         for key, value in r.metrics.items():
             if key.count("/") == 2:
                 lines.append(f"    {key.split('/', 2)[2]:40s} {value:7.1%}")
+                lines += [f"      {sub.rsplit('/', 1)[1]:38s} {v:7.1%}" for sub, v in r.metrics.items()
+                          if sub.startswith(key + "/")]  # a family's kinds of question
     return "\n".join(lines)
 
 

@@ -53,6 +53,20 @@ class Probe(Evaluator):
             raise BenchmarkError(f"probe: {self.file} has no samples")
         return items
 
+    def results(self, items: list[Item], scored: list[Scored]) -> dict[str, float]:
+        """The base metrics, and for a family asked several kinds of question (attribute:
+        shape, colour, position, count) each kind's accuracy, `probe/accuracy/<family>/<kind>`:
+        a family's mean can hide a kind at chance."""
+        out = super().results(items, scored)
+        by_kind: dict[tuple[str, str], list[float]] = {}
+        for item, s in zip(items, scored, strict=True):
+            by_kind.setdefault((item.category, item.row["kind"]), []).append(s.score)
+        families = Counter(family for family, _ in by_kind)
+        for (family, kind), scores in sorted(by_kind.items()):
+            if families[family] > 1:
+                out[f"{self.name}/{self.metric}/{family}/{kind}"] = sum(scores) / len(scores)
+        return out
+
     def score(self, item: Item, prediction: str) -> Scored:
         said = " ".join(prediction.split())
         return Scored(float(said == item.gold), said)
