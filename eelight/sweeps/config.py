@@ -27,7 +27,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from eelight.training.config import ConfigError, _load_yaml, _one_line, load_run_config
+from eelight.training.config import ConfigError, _one_line, load_run_config, load_yaml
 
 TYPES = ("grid", "categorical", "int", "float")
 SAMPLERS = ("tpe", "random")
@@ -152,7 +152,7 @@ def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> 
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), _load_yaml(path))
+        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), load_yaml(path))
         sweep = OmegaConf.to_object(merged)
     except FileNotFoundError as exn:
         raise ConfigError(f"sweep file not found: {path}") from exn

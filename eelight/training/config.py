@@ -123,7 +123,7 @@ def _one_line(exn: Exception) -> str:
     return str(exn).strip().splitlines()[0]
 
 
-def _load_yaml(path: str):
+def load_yaml(path: str) -> Any:
     """A YAML file as an OmegaConf node; a syntax error names the file and the line."""
     import yaml
     from omegaconf import OmegaConf
@@ -144,7 +144,7 @@ def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: lis
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        layers = [_load_yaml(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
+        layers = [load_yaml(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
         probe = OmegaConf.merge(*layers) if layers else OmegaConf.create()
         preset = probe.get("model_preset", "ee_mllm")
         base = OmegaConf.structured(RunConfig(model_preset=preset, model=model_config(preset)))
