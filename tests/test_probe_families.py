@@ -19,22 +19,7 @@ def _mask(image, rgb) -> np.ndarray:
 
 
 def _components(mask: np.ndarray) -> int:
-    """4-connected components of a boolean mask (a plain flood fill: independent of the generator)."""
-    seen = np.zeros_like(mask)
-    count = 0
-    for y, x in zip(*np.nonzero(mask), strict=True):
-        if seen[y, x]:
-            continue
-        count += 1
-        stack = [(y, x)]
-        seen[y, x] = True
-        while stack:
-            cy, cx = stack.pop()
-            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
-                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-    return count
+    return len(_blobs(mask))
 
 
 def _drawn_colours(image) -> dict[str, np.ndarray]:
@@ -66,14 +51,42 @@ def test_attribute_answers_match_the_pixels():
         assert POSITIONS[a["position"]] == quadrant
 
 
-def test_small_answer_is_the_shape_of_the_colour_with_the_smallest_area():
+def _blobs(mask: np.ndarray) -> list[tuple[int, float, float]]:
+    """(area, centre x, centre y) of each 4-connected component of a boolean mask (a plain flood
+    fill: independent of the generator)."""
+    labels = np.zeros(mask.shape, int)
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if labels[y, x]:
+            continue
+        labels[y, x] = labels.max() + 1
+        stack = [(y, x)]
+        while stack:
+            cy, cx = stack.pop()
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = labels[y, x]
+                    stack.append((ny, nx))
+    blobs = []
+    for k in range(1, labels.max() + 1):
+        ys, xs = np.nonzero(labels == k)
+        blobs.append((len(ys), float(xs.mean()), float(ys.mean())))
+    return blobs
+
+
+def _objects(image) -> list[tuple[int, float, float]]:
+    return _blobs(~_mask(image, (245, 245, 245)))
+
+
+SMALL_AREA = 100  # pixels: a small shape has at most 64 (an 8x8 square), a large one at least ~160
+
+
+def test_small_answer_is_the_number_of_small_blobs():
     for i in range(N):
         s = scene("small", i, 0)
-        areas = {name: int(m.sum()) for name, m in _drawn_colours(s.image).items()}
-        smallest = min(areas, key=areas.get)
-        assert len(areas) == 4
-        assert next(o["shape"] for o in s.facts["objects"] if o["colour"] == smallest) == s.questions[0].answer
-        assert s.facts["objects"][0]["colour"] == smallest
+        areas = [a for a, _, _ in _objects(s.image)]
+        assert all(a <= 64 or a >= 150 for a in areas), areas  # the two sizes cannot be confused
+        assert NUMBERS9[sum(a < SMALL_AREA for a in areas) - 1] == s.questions[0].answer
+        assert 1 <= sum(a >= SMALL_AREA for a in areas) <= 3
 
 
 def test_count_answer_is_the_number_of_connected_shapes():
@@ -83,18 +96,32 @@ def test_count_answer_is_the_number_of_connected_shapes():
         assert NUMBERS9[_components(mask) - 1] == s.questions[0].answer
 
 
-def test_relation_answer_follows_the_centroids():
+def test_relation_answer_follows_the_centroids_of_the_large_and_the_small_blob():
     for i in range(N):
         s = scene("relation", i, 0)
         q = s.questions[0]
         words = q.text.removeprefix("is the ").removesuffix(" ?").split()
         rel = next(r for r in RELATIONS if f" {r} " in " ".join(words))
-        subject_colour, other_colour = words[0], words[-2]  # "is the red shape left of the blue one ?"
-        drawn = _drawn_colours(s.image)
-        (sx, sy), (ox, oy) = [(np.nonzero(drawn[c])[1].mean(), np.nonzero(drawn[c])[0].mean())
-                              for c in (subject_colour, other_colour)]
+        subject, other = words[0], words[-2]  # "is the large shape left of the small one ?"
+        blobs = sorted(_objects(s.image))  # by area: small first
+        assert len(blobs) == 2 and blobs[0][0] < SMALL_AREA <= blobs[1][0]
+        centre = {"small": blobs[0][1:], "large": blobs[1][1:]}
+        (sx, sy), (ox, oy) = centre[subject], centre[other]
         holds = {"left of": sx < ox, "right of": sx > ox, "above": sy < oy, "below": sy > oy}[rel]
         assert q.answer == ("yes" if holds else "no"), (i, q.text)
+        assert f"large {s.facts['objects'][0]['colour']}" in s.caption
+
+
+def test_relation_question_wording_does_not_give_the_answer():
+    yes = Counter()
+    total = Counter()
+    for i in range(2000):
+        q = scene("relation", i, 0).questions[0]
+        total[q.text] += 1
+        yes[q.text] += q.answer == "yes"
+    assert len(total) == 8  # 4 relations x (large, small) as the subject
+    for text, n in total.items():
+        assert abs(yes[text] - n / 2) < 5 * (n / 4) ** 0.5, (text, yes[text], n)
 
 
 def test_compare_answer_is_the_shape_with_more_pixels():

@@ -4,9 +4,9 @@ questions, its answer space and its chance level (docs/DESIGN.md §6).
 | family | scene | question | answers (chance) |
 |---|---|---|---|
 | attribute | 1-4 copies of one shape, one colour, one quadrant | shape / colour / position / count | 4 each (1/4) |
-| small | 3 large shapes and 1 small one (one patch wide), 4 distinct colours | shape of the small one | 4 (1/4) |
+| small | 1-4 small shapes (one patch) among 1-3 large ones | how many small ones | 4 (1/4) |
 | count | 1-9 small shapes on a 3x3 grid | how many | 9 (1/9) |
-| relation | two shapes of two colours in a 3x3 grid | is the red shape left of / right of / above / below the blue one | yes, no (1/2) |
+| relation | a large and a small shape in a 3x3 grid | is the large shape left of / right of / above / below the small one (or the reverse) | yes, no (1/2) |
 | compare | a large and a small shape | which is larger | the 2 shapes (1/2) |
 | reading | a rendered digit | what digit is written | 10 (1/10) |
 | document | a 2-row key: value table of digits | what is the <key> | 10 (1/10) |
@@ -72,19 +72,19 @@ def attribute(rng: random.Random, size: int) -> Scene:
 
 
 def small(rng: random.Random, size: int) -> Scene:
+    """1-4 small shapes (about one patch) among 1-3 large ones, in distinct cells of a 3x3 grid."""
     image, pen = _canvas(size)
-    colours = rng.sample(sorted(COLOURS), 4)
-    quadrants = rng.sample(range(4), 4)
-    half, objects = size // 2, []
-    for i, (colour, q) in enumerate(zip(colours, quadrants, strict=True)):
-        r = max(size // 8, 3) if i == 0 else int(size * 0.34)  # the first is the small one: one 8-px patch
-        x0 = (q % 2) * half + rng.randint(1, half - r - 1)
-        y0 = (q // 2) * half + rng.randint(1, half - r - 1)
-        kind = rng.choice(SHAPES)
+    n_small, n_large = rng.randint(1, 4), rng.randint(1, 3)
+    cell = size // 3
+    objects = []
+    for i, c in enumerate(rng.sample(range(9), n_small + n_large)):
+        r = max(size // 8, 3) - 1 if i < n_small else int(cell * 0.85)
+        x0, y0 = (c % 3) * cell + rng.randint(1, cell - r - 1), (c // 3) * cell + rng.randint(1, cell - r - 1)
+        kind, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
         shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
-        objects.append({"shape": kind, "colour": colour, "box": (x0, y0, x0 + r, y0 + r)})
-    q = Question("small", "what shape is the small one ?", objects[0]["shape"], tuple(SHAPES))
-    return Scene("small", image, f"a small {colours[0]} {objects[0]['shape']} and three large shapes", [q],
+        objects.append({"shape": kind, "colour": colour, "small": i < n_small, "box": (x0, y0, x0 + r, y0 + r)})
+    q = Question("small", "how many small shapes are there ?", NUMBERS9[n_small - 1], NUMBERS9[:4])
+    return Scene("small", image, f"{NUMBERS9[n_small - 1]} small and {NUMBERS9[n_large - 1]} large shapes", [q],
                  {"objects": objects})
 
 
@@ -106,7 +106,7 @@ def count(rng: random.Random, size: int) -> Scene:
 
 
 def relation(rng: random.Random, size: int) -> Scene:
-    """Two objects in distinct cells of a 3x3 grid; yes and no equally likely by construction."""
+    """A large and a small shape in distinct cells of a 3x3 grid; yes and no equally likely."""
     image, pen = _canvas(size)
     rel = rng.choice(RELATIONS)
     axis = 0 if rel in ("left of", "right of") else 1  # the coordinate that must differ
@@ -114,22 +114,23 @@ def relation(rng: random.Random, size: int) -> Scene:
         a, b = rng.sample(range(9), 2)
         if (a % 3, a // 3)[axis] != (b % 3, b // 3)[axis]:
             break
-    kinds, colours = rng.sample(SHAPES, 2), rng.sample(sorted(COLOURS), 2)
     cell = size // 3
-    r = int(cell * 0.7)
     objects = []
-    for c, kind, colour in zip((a, b), kinds, colours, strict=True):
+    for c, size_word, r in ((a, "large", int(cell * 0.85)), (b, "small", max(size // 8, 3))):
+        kind, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
         x0, y0 = (c % 3) * cell + rng.randint(1, cell - r - 1), (c // 3) * cell + rng.randint(1, cell - r - 1)
         shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
-        objects.append({"shape": kind, "colour": colour, "cell": c, "box": (x0, y0, x0 + r, y0 + r)})
+        objects.append({"shape": kind, "colour": colour, "size": size_word, "cell": c, "box": (x0, y0, x0 + r, y0 + r)})
     want = rng.random() < 0.5  # the answer, drawn first: balanced
-    first, second = objects
-    holds = _holds(first["cell"], second["cell"], rel)
-    if holds != want:
-        first, second = second, first
-    text = f"is the {first['colour']} shape {rel} the {second['colour']} one ?"
+    first, second = rng.sample(objects, 2)
+    if _holds(first["cell"], second["cell"], rel) != want:
+        rel = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[rel]
+    text = f"is the {first['size']} shape {rel} the {second['size']} one ?"
     q = Question("relation", text, "yes" if want else "no", ("yes", "no"))
-    caption = f"a {objects[0]['colour']} {objects[0]['shape']} and a {objects[1]['colour']} {objects[1]['shape']}"
+    large, little = objects
+    true = next(r for r in RELATIONS if r in (("left of", "right of") if axis == 0 else ("above", "below"))
+                and _holds(a, b, r))
+    caption = f"a large {large['colour']} {large['shape']} {true} a small {little['colour']} {little['shape']}"
     return Scene("relation", image, caption, [q], {"objects": objects, "subject": first, "relation": rel,
                                                     "other": second})
 
