@@ -133,7 +133,7 @@ def _digest(probe_dir: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("index.json", "tokenizer/tokenizer.json"):
+    for name in ("probe.json", "index.json", "tokenizer/tokenizer.json"):  # probe.json: the generator version
         path = probe_dir / name
         h.update(path.read_bytes() if path.exists() else b"")
     return h.hexdigest()[:16]
