@@ -4,6 +4,7 @@ reports, export and the model registry."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,6 +198,24 @@ def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_p
     assert dead.info.status == "FAILED" and dead.data.tags["optuna.state"] == "FAIL"
     assert "stopped (no heartbeat" in dead.data.tags["error"]
     assert client.get_run(retried[0].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_a_study_is_not_resumed_on_other_training_data(finished, probe_env, tmp_path):
+    """Rerunning a finished sweep after its data was regenerated must not report the old trials."""
+    out, _, _ = finished
+    before = _study(out)
+    assert before.user_attrs["data_fingerprint"]
+    copy = tmp_path / "probe"
+    shutil.copytree(probe_env["root"] / "probe", copy)
+    meta = json.loads((copy / "probe.json").read_text())
+    (copy / "probe.json").write_text(json.dumps({**meta, "version": meta["version"] + 1}))
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    ran = subprocess.run([sys.executable, "-m", "eelight.cli", "sweep", "--out-dir", str(out), SWEEP,
+                          *_small(probe_env), f"data.train_shards={copy}/train-{{000000..000003}}.tar"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr[-3000:]
+    assert "ran on other training data" in ran.stderr.strip().splitlines()[-1]
+    assert len(_study(out).trials) == len(before.trials)
 
 
 def test_two_workers_split_the_grid_without_duplicates(probe_env, tmp_path):

@@ -146,6 +146,25 @@ def _check_objective(sweep: SweepConfig) -> None:
                           f"`overrides` (and eval.data_root= where its files are)")
 
 
+def data_fingerprint(sweep: SweepConfig) -> str | None:
+    """Fingerprint of the training data the trials read: the `probe.json` and `index.json` beside
+    each stage's training shards (what regenerating or re-indexing a dataset rewrites). None
+    when no such file exists (remote shards, shards never indexed): nothing to compare."""
+    import hashlib
+    from pathlib import Path
+
+    h, seen = hashlib.sha256(), False
+    for stage in sweep.stages:
+        cfg = load_run_config(sweep.experiment + sweep.stage_configs.get(stage, []),
+                              sweep.overrides + sweep.stage_overrides.get(stage, []) + [f"stage={stage}"])
+        folder = Path(cfg.data.train_shards).parent
+        for name in ("probe.json", "index.json"):
+            if (folder / name).is_file():
+                h.update(f"{stage}:{name}:".encode() + (folder / name).read_bytes())
+                seen = True
+    return h.hexdigest()[:16] if seen else None
+
+
 def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Load and validate a sweep file; `extra_overrides` apply to every trial."""
     from omegaconf import OmegaConf

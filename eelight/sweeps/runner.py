@@ -22,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from eelight.sweeps.config import SweepConfig, point_key
+from eelight.sweeps.config import SweepConfig, data_fingerprint, point_key
 from eelight.tracking import Tracking, runs_url
 from eelight.training.config import ConfigError
 
@@ -135,6 +135,7 @@ def open_study(sweep: SweepConfig):
         storage = make_storage(sweep, _StaleTrial(sweep, RetryHeartbeatStaleTrialCallback(max_retry=3)))
         study = optuna.create_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=sweep.objective.direction, load_if_exists=True)
+        _check_same_data(sweep, study)
         have = {t.user_attrs.get("grid_point") for t in study.get_trials(deepcopy=False)}
         for point in sweep.grid_points():
             if point_key(point) not in have:
@@ -143,6 +144,19 @@ def open_study(sweep: SweepConfig):
         if "mlflow_parent_run_id" not in study.user_attrs:
             study.set_user_attr("mlflow_parent_run_id", _create_parent_run(sweep))
     return study
+
+
+def _check_same_data(sweep: SweepConfig, study) -> None:
+    """A study resumed on other training data would mix (or, when finished, silently report)
+    trials of the old data: refuse, in one line. A study without a fingerprint takes this one."""
+    fingerprint = data_fingerprint(sweep)
+    recorded = study.user_attrs.get("data_fingerprint")
+    if recorded is not None and fingerprint is not None and recorded != fingerprint:
+        raise ConfigError(f"sweep {sweep.name!r}: its study ran on other training data (the probe.json / "
+                          "index.json beside the shards changed since); to start a new study move "
+                          f"{sweep.out_dir}/{sweep.name} away or pass --out-dir (with `storage:`, a new sweep name)")
+    if recorded is None and fingerprint is not None:
+        study.set_user_attr("data_fingerprint", fingerprint)
 
 
 def _create_parent_run(sweep: SweepConfig) -> str:
