@@ -54,9 +54,24 @@ def _sweep(args: argparse.Namespace) -> None:
     from eelight.sweeps.runner import run_worker
 
     sweep = _with_out_dir(load_sweep(args.file, args.overrides), args)
+    if args.check:
+        _check_sweep(sweep)
+        return
     summary = run_worker(sweep, args.max_trials)
     summary["report"] = str(write_report(sweep))
     print(json.dumps(summary))
+
+
+def _check_sweep(sweep) -> None:
+    from eelight.sweeps.inputs import missing_inputs, plan
+    from eelight.training.config import ConfigError
+
+    print(plan(sweep))
+    missing = missing_inputs(sweep)
+    if missing:
+        raise ConfigError(f"sweep {sweep.name}: {len(missing)} input(s) that trials read are missing: "
+                          f"{'; '.join(missing)}")
+    print(f"sweep {sweep.name}: every input the trials read is there (nothing was run)")
 
 
 def _with_out_dir(sweep, args: argparse.Namespace):
@@ -126,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("file")
     p.add_argument("overrides", nargs="*", help="key=value applied to every trial")
     p.add_argument("--max-trials", type=int, default=None, help="stop this worker after N trials")
+    p.add_argument("--check", action="store_true",
+                   help="print the trials and check every input they read (backbones, shards, benchmark files); run nothing")
     p.set_defaults(fn=_sweep)
     p = sub.add_parser("report", help="write the table and plots of a sweep")
     p.add_argument("name", help="sweep name (sweeps/NAME.yaml) or a sweep file")

@@ -34,3 +34,33 @@ def test_fsdp_on_two_cpu_processes_shards_checkpoints_and_resumes(probe_env, tmp
     resumed = _train(probe_env, tmp_path, 9)  # same command, more steps: resumes from step 6
     assert resumed["resumed_from_step"] == 6 and result["resumed_from_step"] == 0
     assert resumed["global_step"] == 9 and checkpoint_step(ckpt) == 9
+
+
+@pytest.mark.slow
+def test_an_instruct_stage_starts_from_a_sharded_align_checkpoint(probe_env, tmp_path):
+    """init_from takes an FSDP stage's last.ckpt/ folder as it is (a sweep's trial hands it on):
+    merged in memory to what `fabric consolidate` writes, tensor for tensor."""
+    import torch
+
+    from eelight.errors import CheckpointError
+    from eelight.training.checkpoint import read_checkpoint
+
+    _train(probe_env, tmp_path, 3)
+    ckpt = tmp_path / "fsdp" / "align" / "last.ckpt"
+    merged = tmp_path / "merged.ckpt"
+    subprocess.run([sys.executable, "-m", "lightning.fabric.utilities.consolidate_checkpoint", str(ckpt),
+                    "--output_file", str(merged)], check=True, capture_output=True)
+    ours, reference = read_checkpoint(ckpt)["state_dict"], torch.load(merged, weights_only=False)["state_dict"]
+    assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours)
+    overrides = [o for o in probe_env["overrides"] if not o.startswith("out_dir")]
+    cmd = [sys.executable, "-m", "eelight.cli", "train", "experiments/ee_mllm_tiny.yaml",
+           "experiments/stages/instruct.yaml", *overrides, f"out_dir={tmp_path}", "name=fsdp",
+           "model_preset=ee_mllm_fresh", f"init_from={ckpt}", "trainer.max_steps=2", "data.batch_size=8",
+           "eval.benchmarks=[]", "data.val_shards=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "fsdp" / "instruct" / "result.json").read_text())["global_step"] == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a sharded checkpoint"):
+        read_checkpoint(tmp_path / "empty")

@@ -406,3 +406,64 @@ def test_a_benchmark_metric_is_a_sweep_objective(probe_env, tmp_path):
         row = next(csv.DictReader(fh))
     assert float(row["objective"]) == trial.value
     assert {"metric.mmbench/accuracy", "metric.probe/accuracy", "metric.mmbench/unparsed"} <= set(row)
+
+
+def _run(*argv, timeout=300):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "eelight.cli", *argv], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_check_lists_every_missing_input_and_such_a_sweep_starts_nothing(probe_env, tmp_path):
+    good = _run("sweep", "--check", "--out-dir", str(tmp_path), SWEEP, *_small(probe_env))
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "sweep weight_reuse: 3 trials = 3 model.aligner x 1 seed x 1 data_size" in good.stdout
+    assert "every input the trials read is there" in good.stdout
+    root = probe_env["root"]
+    bad = [*_small(probe_env), f"data.train_shards={root}/probe/train-{{000000..000005}}.tar",  # 4 of 6 exist
+           "eval.benchmarks=[probe,textvqa]", f"eval.data_root={tmp_path}/nowhere", "data.subset=100000"]
+    for flags in (["--check"], []):  # --check, and a real start: the same line, before any trial
+        proc = _run("sweep", *flags, "--out-dir", str(tmp_path), SWEEP, *bad)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("eelight: error: sweep weight_reuse: 3 input(s) that trials read are missing")
+        assert f"shard {root}/probe/train-000004.tar does not exist" in line and "[align, instruct]" in line
+        assert f"textvqa questions {tmp_path}/nowhere/textvqa/TextVQA_0.5.1_val.json" in line
+        assert f"textvqa images {tmp_path}/nowhere/textvqa/train_images" in line
+        assert "data.subset" not in line  # not checked against shards that are not there
+    assert not (tmp_path / "weight_reuse").exists()  # no study, no run folder
+    fewer = _run("sweep", "--check", "--out-dir", str(tmp_path), SWEEP, *_small(probe_env), "data.subset=100000")
+    assert fewer.returncode == 2 and "data.subset=100000 but the shards hold 600 samples" in fewer.stderr
+
+
+def test_the_real_scale_sweep_is_the_study_on_7b_backbones_and_check_names_its_inputs(tmp_path):
+    sweep = load_sweep("sweeps/data_efficiency_7b.yaml")
+    cpu = load_sweep("sweeps/data_efficiency.yaml")
+    assert sweep.space == cpu.space and sweep.seeds == cpu.seeds and len(sweep.data_sizes) == 4
+    assert sweep.controls == cpu.controls and sweep.reference == cpu.reference
+    from eelight.sweeps.inputs import stage_configs
+
+    by_stage = {stage: cfg for stage, _, cfg in stage_configs(sweep)}
+    align, instruct = by_stage["align"], by_stage["instruct"]
+    assert align.data.subset == max(sweep.data_sizes) and instruct.data.subset is None  # sizes: align data only
+    assert align.data.train_shards != instruct.data.train_shards
+    assert (align.trainer.accelerator, align.trainer.strategy, align.trainer.precision) == ("gpu", "fsdp", "bf16-mixed")
+    assert sweep.objective.metric.split("/")[0] in instruct.eval.benchmarks
+    proc = _run("sweep", "--check", "--out-dir", str(tmp_path), "sweeps/data_efficiency_7b.yaml")
+    assert proc.returncode == 2 and "72 trials" in proc.stdout and "8 devices (gpu, fsdp, bf16-mixed)" in proc.stdout
+    assert "model.llm.path=/models/vicuna-7b-v1.5 (no config.json there)" in proc.stderr
+
+
+def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_line(probe_env, tmp_path):
+    bench = tmp_path / "bench" / "mmbench"
+    bench.mkdir(parents=True)
+    (bench / "MMBench_DEV_EN.tsv").write_text("index\tquestion\n0\twhat ?\n")  # no options, no answer, no image
+    proc = _run("sweep", "--max-trials", "1", "--out-dir", str(tmp_path), SWEEP, *_small(probe_env, 2),
+                "eval.benchmarks=[probe,mmbench]", f"eval.data_root={tmp_path}/bench",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    fail = next(line for line in proc.stderr.splitlines() if ": FAIL in " in line)
+    assert "MMBench_DEV_EN.tsv" in fail  # the reason, on the trial's own line
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("eelight: error: study 'weight_reuse' has no complete trial yet: nothing to report (1 failed")
+    assert "MMBench_DEV_EN.tsv" in last

@@ -25,6 +25,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from eelight.errors import UserError
 from eelight.sweeps.config import SweepConfig
 from eelight.sweeps.stats import Interval, detectable, paired, pooled_sd, t_interval
 
@@ -305,7 +306,9 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
     study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     rows = trial_rows(study)
     if not any(r["state"] == "COMPLETE" for r in rows):
-        raise ValueError(f"study {sweep.name!r} has no complete trial yet: nothing to report")
+        failed = [t.user_attrs["error"] for t in study.trials if t.user_attrs.get("error")]
+        why = f" ({len(failed)} failed; the last with: {failed[-1].splitlines()[0][:300]})" if failed else ""
+        raise UserError(f"study {sweep.name!r} has no complete trial yet: nothing to report{why}")
     out = Path(sweep.out_dir, sweep.name, "report")
     out.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith(("param.", "metric.")), k))

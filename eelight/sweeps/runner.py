@@ -204,8 +204,14 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
     import optuna
     from optuna.trial import TrialState
 
+    from eelight.sweeps.inputs import missing_inputs
     from eelight.sweeps.trial import run_trial
 
+    missing = missing_inputs(sweep)  # before the study exists: a sweep that cannot run leaves nothing behind
+    if missing:
+        raise ConfigError(f"sweep {sweep.name}: {len(missing)} input(s) that trials read are missing, so no trial "
+                          f"was started: {'; '.join(missing)}. Fix the paths in the experiment YAML or pass "
+                          "key=value overrides (eelight sweep FILE --check lists them)")
     study = open_study(sweep)
     parent = study.user_attrs["mlflow_parent_run_id"]
     heartbeat = has_heartbeat(study._storage)
@@ -261,6 +267,9 @@ def progress_line(study, sweep: SweepConfig, number: int, state: str, value: flo
     line = f"[sweep {sweep.name}] {trial_label(point, number)}: {state}"
     line += f" {metric}={value:.4f}" if value is not None else ""
     line += f" in {seconds:.0f} s"
+    error = next((t.user_attrs.get("error") for t in trials if t.number == number), None)
+    if state == "FAIL" and error:
+        line += f" ({error.splitlines()[0][:300]})"
     if done:
         pick = max if sweep.objective.direction == "maximize" else min
         best = pick(done, key=lambda t: t.value)

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from eelight.errors import CheckpointError
+from eelight.errors import CheckpointError, one_line
 from eelight.models.hf_loading import load_strict
 from eelight.models.mllm import MLLM
 
@@ -62,10 +62,7 @@ class LoggedStepCheckpoint(ModelCheckpoint):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if Path(path).is_dir():
-        raise CheckpointError(
-            f"{path} is a sharded (FSDP) checkpoint folder; merge it first with `fabric consolidate {path}` "
-            "and pass the consolidated file"
-        )
+        return _read_sharded(Path(path))
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"init_from={path} does not exist; run the previous stage first (it writes "
@@ -78,6 +75,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                               "truncated or not a checkpoint; rerun the stage that writes it") from exn
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint of eelight (no state_dict)")
+    return checkpoint
+
+
+def _read_sharded(folder: Path) -> dict[str, Any]:
+    """A sharded (FSDP2) checkpoint folder, merged in memory as `fabric consolidate` merges it
+    (Lightning's own loader; the whole state must fit in CPU memory): so an instruct stage starts
+    from an FSDP align stage's `last.ckpt/` directly, in a sweep's trial as on the command line."""
+    from lightning.fabric.utilities.load import _METADATA_FILENAME, _load_distributed_checkpoint
+
+    if not (folder / _METADATA_FILENAME).is_file() or not any(folder.glob("*.distcp")):
+        raise CheckpointError(f"{folder} is a folder but not a sharded checkpoint (no {_METADATA_FILENAME} and "
+                              "*.distcp files); pass a stage's last.ckpt")
+    try:
+        checkpoint = _load_distributed_checkpoint(folder)
+    except Exception as exn:  # noqa: BLE001 - torch.distributed.checkpoint raises many kinds
+        raise CheckpointError(f"sharded checkpoint {folder} cannot be read ({one_line(exn)[:300]}): a shard is "
+                              "missing or truncated; rerun the stage that writes it") from exn
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"sharded checkpoint {folder} is not a Lightning checkpoint of eelight (no state_dict)")
     return checkpoint
 
 
