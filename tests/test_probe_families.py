@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from eelight.data.families import CHANCE, DIGITS, FAMILIES, NUMBERS9, RELATIONS, scene
+from eelight.data.families import CHANCE, DIGITS, FAMILIES, NUMBERS9, scene
 from eelight.data.probe import COLOURS, POSITIONS
 
 N = 300  # scenes per family checked
@@ -96,32 +96,36 @@ def test_count_answer_is_the_number_of_connected_shapes():
         assert NUMBERS9[_components(mask) - 1] == s.questions[0].answer
 
 
-def test_relation_answer_follows_the_centroids_of_the_large_and_the_small_blob():
+def test_relation_answer_is_whether_the_large_colour_surrounds_the_small_blob():
     for i in range(N):
         s = scene("relation", i, 0)
         q = s.questions[0]
-        words = q.text.removeprefix("is the ").removesuffix(" ?").split()
-        rel = next(r for r in RELATIONS if f" {r} " in " ".join(words))
-        subject, other = words[0], words[-2]  # "is the large shape left of the small one ?"
-        blobs = sorted(_objects(s.image))  # by area: small first
-        assert len(blobs) == 2 and blobs[0][0] < SMALL_AREA <= blobs[1][0]
-        centre = {"small": blobs[0][1:], "large": blobs[1][1:]}
-        (sx, sy), (ox, oy) = centre[subject], centre[other]
-        holds = {"left of": sx < ox, "right of": sx > ox, "above": sy < oy, "below": sy > oy}[rel]
-        assert q.answer == ("yes" if holds else "no"), (i, q.text)
-        assert f"large {s.facts['objects'][0]['colour']}" in s.caption
+        drawn = _drawn_colours(s.image)
+        assert len(drawn) == 2
+        small, large = sorted(drawn.values(), key=lambda m: m.sum())  # by visible area
+        assert small.sum() <= 81 and large.sum() >= 500 and _components(small) == 1  # a 9x9 box at most
+        ys, xs = np.nonzero(small)
+        y0, y1, x0, x1 = ys.min() - 1, ys.max() + 1, xs.min() - 1, xs.max() + 1  # the ring around its box
+        ring = np.concatenate([large[y0, x0:x1 + 1], large[y1, x0:x1 + 1], large[y0:y1 + 1, x0], large[y0:y1 + 1, x1]])
+        background = _mask(s.image, (245, 245, 245))
+        ring_bg = np.concatenate([background[y0, x0:x1 + 1], background[y1, x0:x1 + 1], background[y0:y1 + 1, x0],
+                                  background[y0:y1 + 1, x1]])
+        inside = bool(ring.all())
+        assert inside or ring_bg.all()  # apart: only background around it, never touching
+        assert q.answer == ("yes" if inside else "no"), (i, s.caption)
+        assert _components(large) == 1  # the small one never cuts the large one in two
 
 
-def test_relation_question_wording_does_not_give_the_answer():
-    yes = Counter()
-    total = Counter()
+def test_relation_question_and_large_shape_do_not_give_the_answer():
+    yes, total = Counter(), Counter()
     for i in range(2000):
-        q = scene("relation", i, 0).questions[0]
-        total[q.text] += 1
-        yes[q.text] += q.answer == "yes"
-    assert len(total) == 8  # 4 relations x (large, small) as the subject
-    for text, n in total.items():
-        assert abs(yes[text] - n / 2) < 5 * (n / 4) ** 0.5, (text, yes[text], n)
+        s = scene("relation", i, 0)
+        key = (s.questions[0].text, s.facts["objects"][0]["shape"])
+        total[key] += 1
+        yes[key] += s.questions[0].answer == "yes"
+    assert len(total) == 2  # one wording; the large shape is a circle or a square
+    for key, n in total.items():
+        assert abs(yes[key] - n / 2) < 5 * (n / 4) ** 0.5, (key, yes[key], n)
 
 
 def test_compare_answer_is_the_shape_with_more_pixels():

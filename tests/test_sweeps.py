@@ -454,6 +454,14 @@ def test_the_real_scale_sweep_is_the_study_on_7b_backbones_and_check_names_its_i
     assert "model.llm.path=/models/vicuna-7b-v1.5 (no config.json there)" in proc.stderr
 
 
+def test_the_quick_control_sweep_is_the_study_at_its_largest_data_size():
+    full, quick = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_3000.yaml")
+    assert quick.data_sizes == [max(full.data_sizes)]
+    for key in ("experiment", "stages", "stage_configs", "overrides", "stage_overrides", "space", "seeds",
+                "reference", "controls", "objective"):
+        assert getattr(quick, key) == getattr(full, key), key
+
+
 def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_line(probe_env, tmp_path):
     bench = tmp_path / "bench" / "mmbench"
     bench.mkdir(parents=True)

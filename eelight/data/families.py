@@ -6,7 +6,7 @@ questions, its answer space and its chance level (docs/DESIGN.md §6).
 | attribute | 1-4 copies of one shape, one colour, one quadrant | shape / colour / position / count | 4 each (1/4) |
 | small | 1-4 small shapes (one patch) among 1-3 large ones | how many small ones | 4 (1/4) |
 | count | 1-9 small shapes on a 3x3 grid | how many | 9 (1/9) |
-| relation | a large and a small shape in a 3x3 grid | is the large shape left of / right of / above / below the small one (or the reverse) | yes, no (1/2) |
+| relation | a large circle or square and a small shape, inside it or apart | is the small shape in the large one | yes, no (1/2) |
 | compare | a large and a small shape | which is larger | the 2 shapes (1/2) |
 | reading | a rendered digit | what digit is written | 10 (1/10) |
 | document | a 2-row key: value table of digits | what is the <key> | 10 (1/10) |
@@ -30,7 +30,7 @@ BACKGROUND = (245, 245, 245)
 NUMBERS9 = (*NUMBERS, "five", "six", "seven", "eight", "nine")
 DIGITS = tuple(str(n) for n in range(10))
 KEYS = ("age", "room", "code", "page", "size", "year")
-RELATIONS = ("left of", "right of", "above", "below")
+RELATION_QUESTION = "is the small shape in the large one ?"
 FAMILIES = ("attribute", "small", "count", "relation", "compare", "reading", "document")
 CHANCE = {"attribute": 1 / 4, "small": 1 / 4, "count": 1 / 9, "relation": 1 / 2, "compare": 1 / 2,
           "reading": 1 / 10, "document": 1 / 10}
@@ -106,38 +106,35 @@ def count(rng: random.Random, size: int) -> Scene:
 
 
 def relation(rng: random.Random, size: int) -> Scene:
-    """A large and a small shape in distinct cells of a 3x3 grid; yes and no equally likely."""
+    """A large circle or square and a small shape of another colour, drawn either inside the
+    large one or apart from it (yes and no equally likely, drawn first)."""
     image, pen = _canvas(size)
-    rel = rng.choice(RELATIONS)
-    axis = 0 if rel in ("left of", "right of") else 1  # the coordinate that must differ
-    while True:
-        a, b = rng.sample(range(9), 2)
-        if (a % 3, a // 3)[axis] != (b % 3, b // 3)[axis]:
-            break
-    cell = size // 3
-    objects = []
-    for c, size_word, r in ((a, "large", int(cell * 0.85)), (b, "small", max(size // 8, 3))):
-        kind, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
-        x0, y0 = (c % 3) * cell + rng.randint(1, cell - r - 1), (c // 3) * cell + rng.randint(1, cell - r - 1)
-        shape(pen, kind, (x0, y0, x0 + r, y0 + r), COLOURS[colour])
-        objects.append({"shape": kind, "colour": colour, "size": size_word, "cell": c, "box": (x0, y0, x0 + r, y0 + r)})
-    want = rng.random() < 0.5  # the answer, drawn first: balanced
-    first, second = rng.sample(objects, 2)
-    if _holds(first["cell"], second["cell"], rel) != want:
-        rel = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[rel]
-    text = f"is the {first['size']} shape {rel} the {second['size']} one ?"
-    q = Question("relation", text, "yes" if want else "no", ("yes", "no"))
-    large, little = objects
-    true = next(r for r in RELATIONS if r in (("left of", "right of") if axis == 0 else ("above", "below"))
-                and _holds(a, b, r))
-    caption = f"a large {large['colour']} {large['shape']} {true} a small {little['colour']} {little['shape']}"
-    return Scene("relation", image, caption, [q], {"objects": objects, "subject": first, "relation": rel,
-                                                    "other": second})
-
-
-def _holds(a: int, b: int, rel: str) -> bool:
-    (ax, ay), (bx, by) = (a % 3, a // 3), (b % 3, b // 3)
-    return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[rel]
+    inside = rng.random() < 0.5
+    big_kind, little_kind = rng.choice(("circle", "square")), rng.choice(SHAPES)
+    big_colour, little_colour = rng.sample(sorted(COLOURS), 2)
+    big, little = rng.randint(int(size * 0.47), int(size * 0.59)), max(size // 8, 3)
+    x0, y0 = rng.randint(1, size - big - 2), rng.randint(1, size - big - 2)
+    big_box = (x0, y0, x0 + big, y0 + big)
+    if inside:  # within the square inscribed in the circle (or the square itself), 2 px from its edge
+        half = big / 2 if big_kind == "square" else big / 2 ** 1.5
+        cx, cy = x0 + big / 2, y0 + big / 2
+        lo_x, hi_x = int(cx - half) + 2, int(cx + half) - little - 2
+        lo_y, hi_y = int(cy - half) + 2, int(cy + half) - little - 2
+        lx, ly = rng.randint(lo_x, hi_x), rng.randint(lo_y, hi_y)
+    else:  # on a side of the large shape with room, at least 2 px clear of its box
+        far = size - little - 2
+        sides = [((1, x0 - 3 - little), (1, far)), ((x0 + big + 3, far), (1, far)),  # (x, y) ranges: left, right,
+                 ((1, far), (1, y0 - 3 - little)), ((1, far), (y0 + big + 3, far))]  # above, below
+        (ax, bx), (ay, by) = rng.choice([(x, y) for x, y in sides if x[0] <= x[1] and y[0] <= y[1]])
+        lx, ly = rng.randint(ax, bx), rng.randint(ay, by)
+    little_box = (lx, ly, lx + little, ly + little)
+    shape(pen, big_kind, big_box, COLOURS[big_colour])
+    shape(pen, little_kind, little_box, COLOURS[little_colour])
+    objects = [{"shape": big_kind, "colour": big_colour, "size": "large", "box": big_box},
+               {"shape": little_kind, "colour": little_colour, "size": "small", "box": little_box}]
+    q = Question("relation", RELATION_QUESTION, "yes" if inside else "no", ("yes", "no"))
+    caption = f"a small {little_colour} {little_kind} {'in' if inside else 'and'} a large {big_colour} {big_kind}"
+    return Scene("relation", image, caption, [q], {"objects": objects, "inside": inside})
 
 
 def compare(rng: random.Random, size: int) -> Scene:
