@@ -63,14 +63,10 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _check_sweep(sweep) -> None:
-    from eelight.sweeps.inputs import missing_inputs, plan
-    from eelight.training.config import ConfigError
+    from eelight.sweeps.inputs import check_inputs, plan
 
     print(plan(sweep))
-    missing = missing_inputs(sweep)
-    if missing:
-        raise ConfigError(f"sweep {sweep.name}: {len(missing)} input(s) that trials read are missing: "
-                          f"{'; '.join(missing)}")
+    check_inputs(sweep, "")
     print(f"sweep {sweep.name}: every input the trials read is there (nothing was run)")
 
 

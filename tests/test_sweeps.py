@@ -443,7 +443,7 @@ def test_the_real_scale_sweep_is_the_study_on_7b_backbones_and_check_names_its_i
     assert sweep.controls == cpu.controls and sweep.reference == cpu.reference
     from eelight.sweeps.inputs import stage_configs
 
-    by_stage = {stage: cfg for stage, _, cfg in stage_configs(sweep)}
+    by_stage = dict(stage_configs(sweep))
     align, instruct = by_stage["align"], by_stage["instruct"]
     assert align.data.subset == max(sweep.data_sizes) and instruct.data.subset is None  # sizes: align data only
     assert align.data.train_shards != instruct.data.train_shards

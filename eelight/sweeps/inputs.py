@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
 
 from eelight.sweeps.config import SweepConfig
-from eelight.training.config import RunConfig, load_run_config
+from eelight.training.config import ConfigError, RunConfig, load_run_config
 
 REMOTE = ("pipe:", "http://", "https://", "gs://", "s3://")
 
 
-def stage_configs(sweep: SweepConfig) -> list[tuple[str, dict[str, Any], RunConfig]]:
-    """(stage, grid variant, run config) for every stage and every variant of the grid's
+def stage_configs(sweep: SweepConfig) -> list[tuple[str, RunConfig]]:
+    """(stage, run config) for every stage and every variant of the grid's
     non-seed axes, at the largest data size: what the trials of the sweep run."""
     grid = {k: list(d.values) for k, d in sweep.space.items() if d.type == "grid"}
     size = max(sweep.data_sizes) if sweep.data_sizes else None
@@ -36,7 +35,7 @@ def stage_configs(sweep: SweepConfig) -> list[tuple[str, dict[str, Any], RunConf
             yamls = sweep.experiment + sweep.stage_configs.get(stage, [])
             cfg = load_run_config(yamls, sweep.overrides + point + sweep.stage_overrides.get(stage, [])
                                   + [f"stage={stage}"])
-            out.append((stage, variant, cfg))
+            out.append((stage, cfg))
     return out
 
 
@@ -49,7 +48,7 @@ def _folder(key: str, path: str | None, marker: str | None) -> str | None:
     return None if p.exists() else f"{key}={path} (does not exist)"
 
 
-def _shards(key: str, pattern: str | None) -> list[str]:
+def _shards(pattern: str | None) -> list[str]:
     from eelight.data.loader import expand_urls
 
     if not pattern or pattern.startswith(REMOTE):
@@ -80,7 +79,7 @@ def _benchmarks(cfg: RunConfig) -> list[str]:
     for name in cfg.eval.benchmarks:
         files = getattr(cfg.eval, name)
         if name == "probe":
-            missing += _shards("eval.probe.file" if files.file else "data.val_shards", files.file or cfg.data.val_shards)
+            missing += _shards(files.file or cfg.data.val_shards)
             continue
         default_file, default_images = DEFAULT_FILES[name]
         root = Path(cfg.eval.data_root)
@@ -97,15 +96,16 @@ def missing_inputs(sweep: SweepConfig) -> list[str]:
     """Every local input some trial of the sweep needs and will not find, each named once with
     the stages that read it."""
     stages: dict[str, list[str]] = {}
-    for stage, _, cfg in stage_configs(sweep):
+    for stage, cfg in stage_configs(sweep):
+        train_shards = _shards(cfg.data.train_shards)
         found = [
             _folder("model.llm.path", cfg.model.llm.path, "config.json"),
             _folder("model.vision.path", cfg.model.vision.path, "config.json"),
             _folder("data.tokenizer", cfg.data.tokenizer, None),
             _folder("init_from", cfg.init_from, None) if stage == sweep.stages[0] else None,
-            *_shards("data.train_shards", cfg.data.train_shards),
-            *_shards("data.val_shards", cfg.data.val_shards),
-            *(_subset(cfg) if not _shards("data.train_shards", cfg.data.train_shards) else []),
+            *train_shards,
+            *_shards(cfg.data.val_shards),
+            *([] if train_shards else _subset(cfg)),  # the subset's keys only of shards that are there
             *(_benchmarks(cfg) if stage == "instruct" else []),  # only an instruct stage scores them
         ]
         for m in filter(None, found):
@@ -115,6 +115,14 @@ def missing_inputs(sweep: SweepConfig) -> list[str]:
     return [f"{m} [{', '.join(s)}]" for m, s in stages.items()]
 
 
+def check_inputs(sweep: SweepConfig, before: str) -> None:
+    """Raise one line naming every missing input (`before`: what was not started because of it)."""
+    missing = missing_inputs(sweep)
+    if missing:
+        raise ConfigError(f"sweep {sweep.name}: {len(missing)} input(s) that trials read are missing{before}: "
+                          f"{'; '.join(missing)}. Fix the paths in the experiment YAML or pass key=value overrides")
+
+
 def plan(sweep: SweepConfig) -> str:
     """What the sweep runs, as text: trials, and per stage the inputs and budget of its first variant."""
     points = sweep.grid_points()
@@ -122,7 +130,7 @@ def plan(sweep: SweepConfig) -> str:
              f"{f' x {sweep.trials_per_point} repeats' if sweep.trials_per_point > 1 else ''}; "
              f"objective {sweep.objective.metric} ({sweep.objective.direction})"]
     seen = set()
-    for stage, _, cfg in stage_configs(sweep):
+    for stage, cfg in stage_configs(sweep):
         if stage in seen:
             continue
         seen.add(stage)

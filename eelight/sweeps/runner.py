@@ -204,14 +204,10 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
     import optuna
     from optuna.trial import TrialState
 
-    from eelight.sweeps.inputs import missing_inputs
+    from eelight.sweeps.inputs import check_inputs
     from eelight.sweeps.trial import run_trial
 
-    missing = missing_inputs(sweep)  # before the study exists: a sweep that cannot run leaves nothing behind
-    if missing:
-        raise ConfigError(f"sweep {sweep.name}: {len(missing)} input(s) that trials read are missing, so no trial "
-                          f"was started: {'; '.join(missing)}. Fix the paths in the experiment YAML or pass "
-                          "key=value overrides (eelight sweep FILE --check lists them)")
+    check_inputs(sweep, ", so no trial was started")  # before the study exists: nothing is left behind
     study = open_study(sweep)
     parent = study.user_attrs["mlflow_parent_run_id"]
     heartbeat = has_heartbeat(study._storage)
