@@ -475,3 +475,12 @@ def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_lin
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("eelight: error: study 'weight_reuse' has no complete trial yet: nothing to report (1 failed")
     assert "MMBench_DEV_EN.tsv" in last
+
+
+def test_the_gpu_study_is_the_study_at_the_demos_budget():
+    full, gpu = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_gpu.yaml")
+    assert gpu.stage_overrides == {"align": ["trainer.max_steps=300"], "instruct": ["trainer.max_steps=700"]}
+    assert gpu.overrides[:2] == ["trainer.accelerator=gpu", "data.num_workers=2"] and gpu.overrides[2:] == full.overrides
+    for key in ("experiment", "stages", "stage_configs", "space", "seeds", "data_sizes", "reference", "controls",
+                "objective"):
+        assert getattr(gpu, key) == getattr(full, key), key

@@ -191,3 +191,23 @@ def test_unreachable_study_storage_is_one_line_before_any_trial(probe_env, tmp_p
     err = _one_line_exit_2(capsys, ["sweep", str(sweep), *probe_env["overrides"], "--out-dir", str(tmp_path)])
     assert expected in err
     assert not (tmp_path / "weight_reuse" / "runs").exists()  # no trial started
+
+
+@pytest.mark.parametrize("verb", ["train", "sweep"])
+def test_a_gpu_config_on_a_machine_without_enough_gpus_is_one_line(probe_env, tmp_path, capsys, monkeypatch, verb):
+    """Lightning's "No supported gpu backend found!" was a traceback from inside Trainer();
+    a sweep now says it before its study exists (`--check` does not: a login node has no GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU here, two asked for
+    gpu = ["trainer.accelerator=gpu", "trainer.devices=2"]
+    if verb == "train":
+        argv = ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=gpu", *gpu,
+                f"out_dir={tmp_path}"]
+    else:
+        argv = ["sweep", "sweeps/weight_reuse.yaml", *probe_env["overrides"], *gpu, "--out-dir", str(tmp_path)]
+    err = _one_line_exit_2(capsys, argv)
+    assert "trainer.accelerator=gpu with trainer.devices=2, but this machine has 1 CUDA device(s)" in err
+    assert "trainer.accelerator=cpu" in err
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "weight_reuse" / "runs").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "has 0 CUDA device(s)" in _one_line_exit_2(capsys, argv)

@@ -204,10 +204,13 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
     import optuna
     from optuna.trial import TrialState
 
-    from eelight.sweeps.inputs import check_inputs
+    from eelight.sweeps.inputs import check_inputs, stage_configs
     from eelight.sweeps.trial import run_trial
+    from eelight.training.distributed import check_devices
 
     check_inputs(sweep, ", so no trial was started")  # before the study exists: nothing is left behind
+    for _, cfg in stage_configs(sweep):  # here, not in --check: a login node has no GPU
+        check_devices(cfg.trainer)
     study = open_study(sweep)
     parent = study.user_attrs["mlflow_parent_run_id"]
     heartbeat = has_heartbeat(study._storage)

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from eelight.training.checkpoint import AtomicCheckpointIO, read_checkpoint
-from eelight.training.config import TrainerConfig
+from eelight.training.config import ConfigError, TrainerConfig
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):
@@ -43,6 +43,19 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
 def world_size(cfg: TrainerConfig) -> int:
     """Processes in the run: devices per node x nodes."""
     return cfg.devices * cfg.num_nodes
+
+
+def check_devices(cfg: TrainerConfig) -> None:
+    """A GPU run on a machine without enough CUDA devices is one line (ConfigError), not
+    Lightning's MisconfigurationException traceback from inside Trainer()."""
+    if cfg.accelerator not in ("gpu", "cuda"):
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < cfg.devices:
+        raise ConfigError(
+            f"trainer.accelerator={cfg.accelerator} with trainer.devices={cfg.devices}, but this machine has "
+            f"{found} CUDA device(s) (torch {torch.__version__}); run it on a GPU node, or pass "
+            f"trainer.accelerator=cpu")
 
 
 def make_strategy(cfg: TrainerConfig) -> Any:

@@ -116,6 +116,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     from eelight.training.checkpoint import LoggedStepCheckpoint, init_from_checkpoint
     from eelight.training.data_module import ShardDataModule
     from eelight.training.distributed import (
+        check_devices,
         checkpoint_plugins,
         checkpoint_step,
         make_strategy,
@@ -125,6 +126,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     from eelight.training.module import MLLMModule
     from eelight.training.progress import progress_callback
 
+    check_devices(cfg.trainer)  # a GPU config on a machine without one, before anything is built
     tracking_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
     expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
     if cfg.data.val_shards:
