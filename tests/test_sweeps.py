@@ -1,6 +1,7 @@
 """`eelight sweep`: Optuna studies in SQLite, nested MLflow runs, kill/resume, two workers,
 reports, export and the model registry."""
 
+import fcntl
 import json
 import os
 import re
@@ -35,8 +36,8 @@ def _cli(probe_env, out, *args, steps=6, own_store=False, **kw):
     verb, *rest = args  # options first: the overrides are the trailing positionals
     store = [f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db"] if own_store else []
     return subprocess.Popen([sys.executable, "-m", "eelight.cli", verb, "--out-dir", str(out), *rest,
-                             *_small(probe_env, steps), *store], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, **kw)
+                             *_small(probe_env, steps), *store], text=True, env=env,
+                            **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kw})
 
 
 def _study(out):
@@ -163,23 +164,31 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     assert ran.stdout.strip() == repr(answer) and not (root / "mlflow.db").exists()  # no stray store
 
 
+def _locked_states(out):
+    """The study's trial states, read under the sweep's own setup lock: a reader that opens the
+    database while the worker creates its schema races it (both run SQLAlchemy's create_all)."""
+    with open(out / "weight_reuse" / ".setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return {t.number: t.state.name for t in _study(out).trials}
+
+
 def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_path):
-    proc = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40, own_store=True, start_new_session=True)
-    db = tmp_path / "weight_reuse" / "study.db"
+    logs = tmp_path / "worker.out", tmp_path / "worker.err"  # files, not pipes nobody reads while we wait
+    with open(logs[0], "w") as out, open(logs[1], "w") as err:
+        proc = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40, own_store=True, start_new_session=True,
+                    stdout=out, stderr=err)
+    instruct = tmp_path / "weight_reuse" / "runs" / "trial_0001" / "instruct"
     deadline = time.time() + 600  # trial 1's instruct stage: two stages and a trial in, on a busy CI machine
-    killed = None
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            try:
-                states = {t.number: t.state.name for t in _study(tmp_path).trials}
-            except (KeyError, optuna.exceptions.StorageInternalError):  # read while the worker writes
-                continue
-            in_instruct = (tmp_path / "weight_reuse" / "runs" / "trial_0001" / "instruct").exists()
-            if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING" and in_instruct:
-                killed = 1  # after its align stage ended: the run must not read FINISHED
-                break
+    states = {}
+    # The file system first: the study is read only once trial 1 is in its instruct stage, so
+    # the test does not poll the worker's SQLite file while it writes.
+    while time.time() < deadline and proc.poll() is None and not instruct.exists():
         time.sleep(0.5)
-    assert killed is not None, "never saw trial 1's instruct stage running after trial 0"
+    if proc.poll() is None and instruct.exists():
+        states = _locked_states(tmp_path)
+    assert states.get(0) == "COMPLETE" and states.get(1) == "RUNNING", (  # after its align stage ended
+        f"never saw trial 1's instruct stage running after trial 0 (states {states}, worker exit "
+        f"{proc.poll()}): {logs[1].read_text()[-3000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     rerun = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=40, own_store=True)
