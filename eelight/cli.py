@@ -86,7 +86,13 @@ def _report(args: argparse.Namespace) -> None:
     from eelight.sweeps.config import load_sweep
     from eelight.sweeps.report import write_report
 
-    print(write_report(_with_out_dir(load_sweep(_sweep_file(args.name), args.overrides), args)))
+    sweep = _with_out_dir(load_sweep(_sweep_file(args.name), args.overrides), args)
+    if args.pool:
+        from eelight.sweeps.pooled import write_pooled_report
+
+        print(write_pooled_report(sweep, args.pool))
+        return
+    print(write_report(sweep))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -143,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("report", help="write the table and plots of a sweep")
     p.add_argument("name", help="sweep name (sweeps/NAME.yaml) or a sweep file")
     p.add_argument("overrides", nargs="*")
+    p.add_argument("--pool", nargs="+", default=None, metavar="TRIALS_CSV",
+                   help="also analyse earlier runs of this sweep (their report's trials.csv) with it: "
+                        "written to report_pooled/")
     p.set_defaults(fn=_report)
     p = sub.add_parser("export", help="export the best trial of a sweep as a self-contained folder")
     p.add_argument("--study", required=True, help="sweep name (sweeps/NAME.yaml) or a sweep file")

@@ -92,6 +92,35 @@ def test_sweep_runs_every_grid_point_with_nested_mlflow_runs_and_a_report(finish
     assert "report/metric_vs_data_size.png" not in report  # one data size: no curve to draw
 
 
+def test_report_pools_an_earlier_run_and_a_bad_file_is_one_line(finished, probe_env, tmp_path):
+    """`eelight report NAME --pool trials.csv`: the study with an earlier run of it (here its own
+    report again, so every pooled mean equals the study's and both runs' differences agree)."""
+    out, _, _ = finished
+    earlier = tmp_path / "trials.csv"
+    shutil.copy(out / "weight_reuse" / "report" / "trials.csv", earlier)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "eelight.cli", "report", "weight_reuse", "--out-dir", str(out), *_small(probe_env)]
+    ran = subprocess.run([*cmd, "--pool", str(earlier)], capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    text = (out / "weight_reuse" / "report_pooled" / "summary.md").read_text()
+    single = (out / "weight_reuse" / "report" / "summary.md").read_text()
+    rows = [line.split(" | ")[:4] for line in single.splitlines() if line.startswith("| model.aligner=")]
+    assert len(rows) == 3 and all(seeds == "1" for _, _, seeds, _ in rows)
+    for variant, size, _, mean in rows:  # one seed here: two (run, seed) units pooled, the same mean
+        assert f"{variant} | {size} | 2 | {mean.split(' ')[0]} [" in text
+    per_run = [[c.strip() for c in line.strip("|").split("|")] for line in text.split("## Per run")[1].splitlines()
+               if line.startswith("| model.aligner=")]
+    assert len(per_run) == 2 and all(cells[2] == cells[3] for cells in per_run)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{probe_env['root']}/mlflow.db")
+    parent = client.get_run(_study(out).user_attrs["mlflow_parent_run_id"])
+    assert "report_pooled/summary.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report_pooled")}
+    bad = subprocess.run([*cmd, "--pool", str(tmp_path / "nope.csv")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].endswith("no such file; give the trials.csv of an earlier report of "
+                                                       "this sweep")
+
+
 def test_export_loads_with_identical_logits_and_registers(finished, probe_env, tmp_path):
     from omegaconf import OmegaConf
 

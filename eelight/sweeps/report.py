@@ -296,6 +296,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every trial, every column (params and benchmark metrics last): the file `--pool` reads back."""
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith(("param.", "metric.")), k))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_report(sweep: SweepConfig, study=None) -> Path:
     """Write the tables and plots for the sweep's study; log them to its parent run."""
     import optuna
@@ -311,11 +320,7 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         raise UserError(f"study {sweep.name!r} has no complete trial yet: nothing to report{why}")
     out = Path(sweep.out_dir, sweep.name, "report")
     out.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k.startswith(("param.", "metric.")), k))
-    with open(out / "trials.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_trials_csv(rows, out / "trials.csv")
     analysed = Study(rows, sweep.objective.metric, sweep.reference, sweep.controls)
     (out / "summary.md").write_text(markdown(analysed, sweep))
     figures = _plots(analysed, out)
