@@ -500,6 +500,14 @@ def test_the_quick_control_sweep_is_the_study_at_its_largest_data_size():
         assert getattr(quick, key) == getattr(full, key), key
 
 
+def test_the_more_seeds_sweep_is_the_study_on_other_seeds():
+    full, more = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_more_seeds.yaml")
+    assert more.name != full.name and len(more.seeds) == len(full.seeds) and not set(more.seeds) & set(full.seeds)
+    for key in ("experiment", "stages", "stage_configs", "overrides", "stage_overrides", "space", "data_sizes",
+                "reference", "controls", "objective"):
+        assert getattr(more, key) == getattr(full, key), key
+
+
 def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_line(probe_env, tmp_path):
     bench = tmp_path / "bench" / "mmbench"
     bench.mkdir(parents=True)
