@@ -128,8 +128,14 @@ class Tracking:
             self.client.log_metric(run_id, key, value, step=step or 0)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        """Through log_batch, not set_tag: two sweep workers that finish at once tag the same
+        parent run, and only MLflow's batch upsert retries the insert the other one raced
+        (set_tag raised "UNIQUE constraint failed: tags.key, tags.run_uuid" on SQLite)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 tags a call
+            self.client.log_batch(run_id, tags=items[i:i + 100])
 
     def log_files(self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
         """Files (or whole folders) as the run's artifacts under `artifact_path`."""
