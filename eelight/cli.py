@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> None:
 def _backbones(args: argparse.Namespace) -> None:
     from eelight.training.backbones import BackboneConfig, build_backbones
 
-    steps = {"lm_steps": args.lm_steps, "clip_steps": args.clip_steps}
+    steps = {"lm_steps": args.lm_steps, "clip_steps": args.clip_steps, "seed": args.seed}
     cfg = BackboneConfig(**{k: v for k, v in steps.items() if v is not None})  # unset: the defaults
     print(json.dumps(build_backbones(args.probe, args.out, cfg)))
 
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=".cache/backbones")
     p.add_argument("--lm-steps", type=int, default=None, help="default 300")
     p.add_argument("--clip-steps", type=int, default=None, help="default 1200")
+    p.add_argument("--seed", type=int, default=None,
+                   help="default 0; another seed is another pair of backbones (use another --out)")
     p.set_defaults(fn=_backbones)
     p = sub.add_parser("sweep", help="run (or resume, or join) an Optuna study from a sweep file")
     p.add_argument("file")

@@ -87,8 +87,9 @@ def pooled_markdown(study: Study, sweep: SweepConfig, files: list[str]) -> str:
     note = (f"Pooled over {len(files) + 1} runs of this sweep: run 0 is this study, "
             + ", ".join(f"run {k} `{f}`" for k, f in enumerate(files, start=1))
             + ". A unit is a (run, seed) pair: the `seeds` column counts them, and paired differences pair "
-            "trials of the same run and seed. The pooled intervals assume the runs are exchangeable "
-            "(each pretrained its own backbones); the last section gives each run on its own.")
+            "trials of the same run and seed. The pooled intervals assume the runs are exchangeable (so "
+            "they are when they share their probe and backbones; runs that pretrained their own backbones "
+            "differ by those too); the last section gives each run on its own.")
     return f"{head}\n\n{note}\n\n{rest}" + "\n".join(per_run_lines(study, len(files) + 1)) + "\n"
 
 
