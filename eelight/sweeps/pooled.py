@@ -21,7 +21,7 @@ from typing import Any
 
 from eelight.errors import UserError
 from eelight.sweeps.config import SweepConfig
-from eelight.sweeps.report import FIGURES, Study, _fmt, _plots, markdown, trial_rows, write_trials_csv
+from eelight.sweeps.report import Study, _fmt, markdown, trial_rows, write_files
 from eelight.sweeps.stats import paired
 
 _TEXT = {"state", "variant"}  # every other column of trials.csv is a number (or empty)
@@ -98,23 +98,12 @@ def write_pooled_report(sweep: SweepConfig, files: list[str], study=None) -> Pat
     import optuna
 
     from eelight.sweeps.runner import make_storage
-    from eelight.tracking import Tracking
 
-    others = [read_trials(f, sweep.objective.metric) for f in files]  # bad files fail before anything is read
+    others = [read_trials(f, sweep.objective.metric) for f in files]  # a bad file fails before the study is opened
     study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     rows = pool([trial_rows(study), *others])
     if not any(r["state"] == "COMPLETE" for r in rows):
         raise UserError(f"study {sweep.name!r} and the pooled files have no complete trial: nothing to report")
-    out = Path(sweep.out_dir, sweep.name, "report_pooled")
-    out.mkdir(parents=True, exist_ok=True)
-    write_trials_csv(rows, out / "trials.csv")
-    analysed = Study(rows, sweep.objective.metric, sweep.reference, sweep.controls)
-    (out / "summary.md").write_text(pooled_markdown(analysed, sweep, [str(f) for f in files]))
-    figures = _plots(analysed, out)
-    for name in FIGURES - {p.name for p in figures}:
-        (out / name).unlink(missing_ok=True)
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    if parent:
-        Tracking.of_sweep(sweep).log_files(parent, [out / "trials.csv", out / "summary.md", *figures],
-                                           artifact_path="report_pooled")
-    return out
+    return write_files(sweep, rows, "report_pooled",
+                       lambda analysed: pooled_markdown(analysed, sweep, [str(f) for f in files]),
+                       study.user_attrs.get("mlflow_parent_run_id"))

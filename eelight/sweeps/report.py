@@ -22,6 +22,7 @@ axes from 0 to 1:
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -310,7 +311,6 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
     import optuna
 
     from eelight.sweeps.runner import make_storage
-    from eelight.tracking import Tracking
 
     study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     rows = trial_rows(study)
@@ -318,16 +318,25 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
         failed = [t.user_attrs["error"] for t in study.trials if t.user_attrs.get("error")]
         why = f" ({len(failed)} failed; the last with: {failed[-1].splitlines()[0][:300]})" if failed else ""
         raise UserError(f"study {sweep.name!r} has no complete trial yet: nothing to report{why}")
-    out = Path(sweep.out_dir, sweep.name, "report")
+    return write_files(sweep, rows, "report", lambda analysed: markdown(analysed, sweep),
+                       study.user_attrs.get("mlflow_parent_run_id"))
+
+
+def write_files(sweep: SweepConfig, rows: list[dict[str, Any]], folder: str, render: Callable[[Study], str],
+                parent: str | None) -> Path:
+    """trials.csv, summary.md (`render`) and the figures of `rows` in sweeps_out/<name>/<folder>/,
+    also under the parent run's artifacts `<folder>/`."""
+    from eelight.tracking import Tracking
+
+    out = Path(sweep.out_dir, sweep.name, folder)
     out.mkdir(parents=True, exist_ok=True)
     write_trials_csv(rows, out / "trials.csv")
     analysed = Study(rows, sweep.objective.metric, sweep.reference, sweep.controls)
-    (out / "summary.md").write_text(markdown(analysed, sweep))
+    (out / "summary.md").write_text(render(analysed))
     figures = _plots(analysed, out)
     for name in FIGURES - {p.name for p in figures}:  # a figure this sweep does not support must not linger
         (out / name).unlink(missing_ok=True)  # (two workers may write the report at once: never delete theirs)
-    paths = [out / "trials.csv", out / "summary.md", *figures]
-    parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
-        Tracking.of_sweep(sweep).log_files(parent, paths, artifact_path="report")
+        Tracking.of_sweep(sweep).log_files(parent, [out / "trials.csv", out / "summary.md", *figures],
+                                           artifact_path=folder)
     return out
