@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,58 @@ def test_bad_samples_count_once_over_several_passes(tmp_path, tok, proc):
         _keys(pipeline)
     assert dict(counter.counts) == {"image": 1, "text": 1, "json": 1, "tar": 1}  # distinct, not 3x
     assert counter.bad_reads == 9 and counter.seen == 30  # the fraction's reads: per pass
+
+
+
+def test_a_subset_reads_each_shard_up_to_its_last_sample_and_decodes_each_sample_once(probe, proc, tmp_path,
+                                                                                      monkeypatch):
+    """Passes over a subset give the batches webdataset's own stages give (every shard read
+    whole, then `select`), pass after pass; a shard's tail past the subset is never read, and
+    a sample's image is decoded and tokenized on its first pass only."""
+    import random
+    import shutil
+
+    import eelight.data.loader as loader
+    from eelight.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(probe / "tokenizer")
+    shutil.copytree(probe, tmp_path / "p")
+    shards = [str(tmp_path / "p" / f"train-00000{i}.tar") for i in range(4)]
+    pattern = f"{tmp_path}/p/train-{{000000..000003}}.tar"
+
+    def keys_in(shard):
+        return [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList([shard]), wds.tarfile_to_samples())]
+
+    keep = set((keys_in(shards[0]) + keys_in(shards[1]))[:70])  # 40 + the second shard's first 30
+    tpl = loader.template("probe", tok, None)
+    transform = loader.FastImageTransform(proc)
+    real_make = loader.make_example
+    reference = wds.DataPipeline(
+        wds.SimpleShardList(shards[:2]), wds.split_by_node, wds.split_by_worker, wds.detshuffle(2, seed=4),
+        wds.tarfile_to_samples(), wds.select(lambda s: s["__key__"] in keep),
+        wds.shuffle(50, initial=50, rng=random.Random(4)), wds.decode("pil"),
+        wds.map(lambda s: real_make(s, "instruct", tok, tpl, transform, 64)),
+        wds.batched(8, collation_fn=lambda b: loader.collate(b, tok.pad_token_id), partial=True))
+    made: list[str] = []
+    monkeypatch.setattr(loader, "make_example", lambda s, *a, **k: made.append(s["__key__"]) or real_make(s, *a, **k))
+    ours = make_pipeline(pattern, stage="instruct", tokenizer=tok, processor=proc, batch_size=8, subset=70,
+                         shuffle=50, seed=4)
+    for n in range(3):
+        batches = 0
+        for got, want in zip(ours, reference, strict=True):
+            batches += 1
+            assert got["keys"] == want["keys"]
+            for name in ("input_ids", "labels", "pixel_values", "image_offset"):
+                assert torch.equal(got[name], want[name]), name
+        assert batches == 9 and sorted(made) == sorted(keep), f"pass {n}: decoded again"
+    # Cut the second shard inside its 36th sample: the subset (its first 30) never reaches the cut.
+    with tarfile.open(shards[1]) as tar:
+        cut = tar.getmember(f"{keys_in(shards[1])[35]}.png").offset_data + 10
+    Path(shards[1]).write_bytes(Path(shards[1]).read_bytes()[:cut])
+    counter = BadSampleCounter()
+    assert len(_keys(make_pipeline(pattern, stage="instruct", tokenizer=tok, processor=proc, subset=70,
+                                   counter=counter))) == 70
+    assert dict(counter.counts) == {}
+    whole = BadSampleCounter()
+    _keys(make_pipeline(shards[:2], stage="instruct", tokenizer=tok, processor=proc, counter=whole))
+    assert whole.counts["tar"] == 1  # read whole, the cut is seen

@@ -148,27 +148,82 @@ def expand_urls(urls: str | list[str]) -> list[str]:
     return out
 
 
-def subset_keys(urls: list[str], n: int) -> tuple[set[str], list[str]]:
+def subset_keys(urls: list[str], n: int) -> tuple[set[str], dict[str, int]]:
     """The first n sample keys in shard order, from the manifest beside the shards (the
     n-sample subset is a prefix of the 2n-sample one, whatever the ranks and workers), and
-    the shards that hold them: the others need not be read on every pass."""
+    how many of them each shard holds, in shard order: the shards that hold none are not read,
+    and a shard is read only up to its last subset sample (`_subset_samples`)."""
     by_name: dict[str, list[str]] = {}
     for folder in {str(Path(u).parent) for u in urls}:
         for split in read_manifest(folder)["splits"].values():
             for shard in split["shards"]:
                 by_name[str(Path(folder) / shard["path"])] = shard["keys"]
     keys: list[str] = []
-    holding: list[str] = []
+    holding: dict[str, int] = {}
     for url in urls:
         if url not in by_name:
-            raise ValueError(f"data.subset needs the keys of shard {url}, which index.json beside it does not "
-                             f"list; write them with python data_pipelines/index_shards.py --shards '<pattern>'")
+            raise ValueError(f"data.subset={n} needs the keys of shard {url}, which index.json beside it does "
+                             f"not list; write them with python data_pipelines/index_shards.py --shards '<pattern>'")
         if len(keys) < n and by_name[url]:
-            holding.append(url)
+            holding[url] = min(len(by_name[url]), n - len(keys))
         keys += by_name[url]
     if len(keys) < n:
         raise ValueError(f"data.subset={n} but the shards hold {len(keys)} samples")
     return set(keys[:n]), holding
+
+
+def _subset_samples(keep: set[str], wanted: dict[str, int], handler):
+    """`tarfile_to_samples` for a subset: each shard's samples whose key is in `keep`, and the
+    shard is closed after its last one (a 100-sample subset reads 100 samples a pass, not the
+    1,000 of its shard). The same samples in the same order as reading every shard whole."""
+    from webdataset.tariterators import tarfile_samples
+
+    def stage(shards):
+        for shard in shards:
+            found, samples = 0, tarfile_samples(iter([shard]), handler=handler)
+            for sample in samples:
+                if sample["__key__"] in keep:
+                    found += 1
+                    yield sample
+                    if found == wanted.get(shard["url"], 0):
+                        break
+            samples.close()
+
+    return stage
+
+
+CACHE_BYTES = 512 * 2**20  # the most a subset's decoded examples may hold in memory (per loader process)
+
+
+def _examples(make, handler, cache: dict | None):
+    """decode ("pil") -> `make` (make_example), bad samples passed to `handler` as webdataset's
+    own stages do. With `cache` (a subset, read again on every pass), a sample's example is kept
+    from its first pass, up to CACHE_BYTES: the next passes skip the image decode and the
+    tokenizer, and get the same tensors they would have built."""
+    from webdataset.autodecode import Decoder, imagehandler
+
+    decode = Decoder([imagehandler("pil")])
+    held = [0]
+
+    def stage(samples):
+        for sample in samples:
+            ident = (sample.get("__url__"), sample.get("__key__"))
+            if cache is not None and ident in cache:
+                yield cache[ident]
+                continue
+            try:
+                example = make(decode(sample))
+            except Exception as exn:  # noqa: BLE001 - the handler counts bad data and re-raises bugs
+                if handler(exn):
+                    continue
+                break
+            size = example["pixels_uint8"].nbytes + 16 * len(example["input_ids"])
+            if cache is not None and held[0] + size <= CACHE_BYTES:
+                cache[ident] = example
+                held[0] += size
+            yield example
+
+    return stage
 
 
 def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl, processor, max_length: int,
@@ -264,7 +319,8 @@ def make_pipeline(
     tpl = template(template_name, tokenizer, system_prompt)
     keep: set[str] | None = None
     if subset is not None:  # read only the shards that hold the subset (a 100-sample subset: one)
-        keep, shard_urls = subset_keys(shard_urls, subset)
+        keep, wanted = subset_keys(shard_urls, subset)
+        shard_urls = list(wanted)
     transform = processor if isinstance(processor, FastImageTransform) else FastImageTransform(processor)
     counter = counter or BadSampleCounter()
     counter.urls = shard_urls
@@ -276,16 +332,16 @@ def make_pipeline(
                    wds.split_by_worker]
         if shuffle:
             stages.append(wds.detshuffle(len(shard_urls), seed=seed))
-    stages.append(wds.tarfile_to_samples(handler=counter))
     if keep is not None:
-        stages.append(wds.select(lambda s: s["__key__"] in keep))
+        stages.append(_subset_samples(keep, wanted, counter))
+    else:
+        stages.append(wds.tarfile_to_samples(handler=counter))
     if shuffle:
         stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed)))
     stages += [
         wds.map(counter.saw),
-        wds.decode("pil", handler=counter),
-        wds.map(lambda s: make_example(s, stage, tokenizer, tpl, transform, max_length, image_placement),
-                handler=counter),
+        _examples(lambda s: make_example(s, stage, tokenizer, tpl, transform, max_length, image_placement),
+                  counter, {} if keep is not None else None),
         wds.batched(batch_size, collation_fn=lambda b: _with_counts(collate(b, tokenizer.pad_token_id), counter),
                     partial=True),
     ]
