@@ -508,6 +508,18 @@ def test_the_more_seeds_sweep_is_the_study_on_other_seeds():
         assert getattr(more, key) == getattr(full, key), key
 
 
+def test_the_second_backbones_sweep_is_the_study_on_other_backbones():
+    full, other = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_backbones_1.yaml")
+    assert other.name != full.name
+    extra = other.overrides[len(full.overrides):]
+    assert other.overrides[:len(full.overrides)] == full.overrides
+    assert extra == ["model.llm.path=.cache/backbones_1/llm", "model.vision.path=.cache/backbones_1/vision",
+                     "data.tokenizer=.cache/backbones_1/llm"]
+    for key in ("experiment", "stages", "stage_configs", "stage_overrides", "space", "seeds", "data_sizes",
+                "reference", "controls", "objective"):
+        assert getattr(other, key) == getattr(full, key), key
+
+
 def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_line(probe_env, tmp_path):
     bench = tmp_path / "bench" / "mmbench"
     bench.mkdir(parents=True)
