@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 from eelight.data.families import CHANCE, DIGITS, FAMILIES, NUMBERS9, scene
 from eelight.data.probe import COLOURS, POSITIONS
@@ -147,8 +148,27 @@ def test_reading_and_document_answers_are_what_was_rendered():
         assert (~_mask(r.image, (245, 245, 245))).sum() > 30  # the number is drawn
         d = scene("document", i, 0)
         key = d.questions[0].text.removeprefix("what is the ").removesuffix(" ?")
-        assert d.facts["table"][key] == d.questions[0].answer
-        assert d.caption.split().count(key) == 1
+        assert d.facts["table"] == {key: d.questions[0].answer} and d.caption == f"{key} {d.questions[0].answer}"
+
+
+def _field_with(digit: str, facts: dict, size: int = 64) -> np.ndarray:
+    """The inside of the form's field with only `digit` drawn at the scene's place and type size."""
+    canvas = Image.new("RGB", (size, size), (245, 245, 245))
+    font = ImageFont.load_default(size=facts["value_font"])
+    ImageDraw.Draw(canvas).text(facts["value_at"], digit, font=font, fill=(20, 20, 20))
+    x0, y0, x1, y1 = facts["field"]
+    return np.asarray(canvas)[y0 + 1:y1, x0 + 1:x1]
+
+
+def test_the_document_field_holds_the_answer_digit_and_no_other():
+    for i in range(100):
+        d = scene("document", i, 0)
+        x0, y0, x1, y1 = d.facts["field"]
+        inside = np.asarray(d.image)[y0 + 1:y1, x0 + 1:x1]
+        matches = [v for v in DIGITS if np.array_equal(inside, _field_with(v, d.facts))]
+        assert matches == [d.questions[0].answer]
+        assert (~_mask(d.image.crop((0, 0, 64, y0)), (245, 245, 245))).sum() > 20  # the key's label is drawn
+        assert _mask(d.image.crop((x0, y0, x1 + 1, y1 + 1)), (150, 150, 150)).sum() >= 2 * (x1 - x0 + y1 - y0)  # border
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "attribute"])

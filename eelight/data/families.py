@@ -9,7 +9,7 @@ questions, its answer space and its chance level (docs/DESIGN.md §6).
 | relation | a large circle or square and a small shape, inside it or apart | is the small shape in the large one | yes, no (1/2) |
 | compare | a large and a small shape | which is larger | the 2 shapes (1/2) |
 | reading | a rendered digit | what digit is written | 10 (1/10) |
-| document | a 2-row key: value table of digits | what is the <key> | 10 (1/10) |
+| document | a one-field form: a key label over a box holding a digit | what is the <key> | 10 (1/10) |
 
 Each scene records what was drawn (`facts`: object boxes, colours, text), so tests recompute
 every answer independently (from the pixels where they can). Everything is fixed by the seed.
@@ -173,17 +173,27 @@ def reading(rng: random.Random, size: int) -> Scene:
 
 
 def document(rng: random.Random, size: int) -> Scene:
+    """A one-field form: a key label ("age:") in small type over a bordered field holding the
+    value, one digit in large type at a random place in it; asked the key's value.
+
+    Version 8's table (two "key: value" rows in 16 px type, asked one row by its key) stayed at
+    chance for every variant in runs 5-9: it needs the text to pick one of two digits, a
+    selection 280 steps never taught (docs/RESULTS.md). The form keeps the DocVQA task (find a
+    named field, read its value) with one field, so it is learnable at the study's budget."""
     image, pen = _canvas(size)
-    keys = rng.sample(KEYS, 2)
-    values = [rng.choice(DIGITS) for _ in keys]
-    font = _font(max(size * 16 // 64, 6))
-    row = size // 2
-    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-        pen.text((3, i * row + rng.randint(4, 10)), f"{k}: {v}", font=font, fill=(20, 20, 20))
-    asked = rng.randrange(2)
-    q = Question("document", f"what is the {keys[asked]} ?", values[asked], DIGITS)
-    caption = " ".join(f"{k} {v}" for k, v in zip(keys, values, strict=True))
-    return Scene("document", image, caption, [q], {"table": dict(zip(keys, values, strict=True))})
+    key, value = rng.choice(KEYS), rng.choice(DIGITS)
+    label_font, value_font = _font(max(size * 12 // 64, 6)), _font(max(int(size * 0.45), 8))
+    label_y = rng.randint(1, 3)
+    pen.text((rng.randint(2, 5), label_y), f"{key}:", font=label_font, fill=(20, 20, 20))
+    field = (1, label_y + size * 14 // 64, size - 2, size - 2)  # the value's bordered box
+    pen.rectangle(field, outline=(150, 150, 150))
+    left, top, right, bottom = pen.textbbox((0, 0), value, font=value_font)
+    x = rng.randint(field[0] + 2, max(field[2] - 2 - (right - left), field[0] + 2)) - left
+    y = rng.randint(field[1] + 2, max(field[3] - 2 - (bottom - top), field[1] + 2)) - top
+    pen.text((x, y), value, font=value_font, fill=(20, 20, 20))
+    q = Question("document", f"what is the {key} ?", value, DIGITS)
+    return Scene("document", image, f"{key} {value}", [q],
+                 {"table": {key: value}, "field": field, "value_at": (x, y), "value_font": value_font.size})
 
 
 GENERATORS = {"attribute": attribute, "small": small, "count": count, "relation": relation, "compare": compare,

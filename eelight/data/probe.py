@@ -45,7 +45,7 @@ QUESTIONS = {
 CHANCE = {kind: 0.25 for kind in QUESTIONS}
 ANSWERS = {"shape": list(SHAPES), "colour": sorted(COLOURS), "position": sorted(POSITIONS), "count": list(NUMBERS)}
 FORMS = ("plain", "short", "choice")
-VERSION = 8  # bump when what the generator writes changes: cached probes and backbones are rebuilt
+VERSION = 9  # bump when what the generator writes changes: cached probes and backbones are rebuilt
 
 
 @dataclass(frozen=True)
