@@ -203,6 +203,13 @@ def test_progress_lines_on_stderr(probe_env, capsys):
     assert lines[-1].endswith("samples/s, 0 s left") and " loss " in lines[-1]
 
 
+def test_samples_trained_counts_the_partial_last_batch_of_each_pass(probe_env):
+    """A 40-sample subset in batches of 32 is a batch of 32 then one of 8, pass after pass:
+    3 steps train on 32 + 8 + 32 samples, not 3 x 32 (the study's compute axis counts them)."""
+    result = train(_cfg(probe_env, "name=partial", "trainer.max_steps=3", "data.subset=40", "data.val_shards=null"))
+    assert result["global_step"] == 3 and result["samples_trained"] == 32 + 8 + 32
+
+
 def test_a_run_saved_by_an_earlier_eelight_resumes(probe_env):
     """Its config.yaml lacks keys added since and has the dataclass default sizes (the model
     came from the backbone folders): neither is a change of config."""
@@ -216,6 +223,7 @@ def test_a_run_saved_by_an_earlier_eelight_resumes(probe_env):
     saved.write_text(yaml.safe_dump(old))
     again = train(_cfg(probe_env, "name=older", "trainer.max_steps=4", "data.val_shards=null"))
     assert again["resumed_from_step"] == 2 and again["global_step"] == 4
+    assert again["samples_trained"] == 2 * 32  # since the resume
     with pytest.raises(ValueError, match=r"model.aligner: 'reuse' -> 'fresh'"):
         train(_cfg(probe_env, "name=older", "trainer.max_steps=6", "model.aligner=fresh", "data.val_shards=null"))
 

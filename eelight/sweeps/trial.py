@@ -99,8 +99,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
             if result.get("stop_reason"):
                 raise optuna.TrialPruned(result["stop_reason"])
             init_from = result["checkpoint"]
-            samples += (result["global_step"] - result["resumed_from_step"]) * cfg.data.batch_size * \
-                cfg.trainer.accumulate_grad_batches * result["world_size"]
+            samples += result["samples_trained"]  # counted, not steps x batch: a pass's last batch is partial
         if sweep.objective.metric not in result["metrics"]:
             raise KeyError(f"objective metric {sweep.objective.metric!r} was not logged; "
                            f"validation logged {sorted(result['metrics'])}")

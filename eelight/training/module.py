@@ -67,6 +67,7 @@ class MLLMModule(L.LightningModule):
         self._last_time: float | None = None
         self._first_time: float | None = None
         self._samples_after_first = 0
+        self.samples_trained = 0  # this rank's, since this process started (a resumed run: since the resume)
         self.bad_tracker = BadCountTracker()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -80,6 +81,7 @@ class MLLMModule(L.LightningModule):
             )
         now = time.perf_counter()
         b, n = batch["input_ids"].shape
+        self.samples_trained += b  # the last batch of a pass over a subset is partial
         if self._first_time is None:
             self._first_time = now
         else:

@@ -105,6 +105,7 @@ def _as_trained(saved_yaml: str) -> str:
 
 def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     import lightning as L
+    import torch
 
     from eelight.data.loader import expand_urls
     from eelight.data.text import check_template
@@ -192,11 +193,14 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
         trainer.validate(module, datamodule=data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") or k.split("/")[0] in cfg.eval.benchmarks}
+    samples = trainer.strategy.reduce(torch.tensor(module.samples_trained, device=trainer.strategy.root_device),
+                                      reduce_op="sum")
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
               "metrics": metrics, "stop_reason": stop_reason,
               "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
-              "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s}
+              "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s,
+              "samples_trained": int(samples.item())}  # every rank's, since the start or the resume
     if trainer.is_global_zero:
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))
         log_stage_files(logger, [run_dir / "config.yaml", run_dir / "result.json"], result["checkpoint"],
