@@ -52,7 +52,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
 def test_negative_learning_rate_is_refused(capsys, key):
     """AdamW checks only its default lr: a negative per-group rate used to train "uphill"."""
     err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", f"{key}=-0.001"])
-    assert f"{key}=-0.001 is negative" in err
+    assert f"{key}=-0.001 must be >= 0.0" in err
 
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip", "dict"])

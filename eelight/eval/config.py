@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from eelight.config_rules import at_least, check_fields, one_of
+
+SEED_PROTOCOLS = ("likelihood", "generation")
+
 
 @dataclass
 class BenchmarkFiles:
@@ -27,13 +31,16 @@ class BenchmarkFiles:
 class EvalConfig:
     benchmarks: list[str] = field(default_factory=list)  # scored after an instruct stage and by `eelight eval`
     data_root: str = "data/probe/benchmarks"
-    limit: int | None = None  # first N questions of each benchmark (probe: images); None = all
-    batch_size: int = 16
-    max_new_tokens: int = 16
-    seed_protocol: str = "likelihood"  # likelihood (SEED's official) | generation (LLaVA's)
+    limit: int | None = at_least(1, None)  # first N questions of each benchmark (probe: images); None = all
+    batch_size: int = at_least(1, 16)
+    max_new_tokens: int = at_least(1, 16)
+    seed_protocol: str = one_of(SEED_PROTOCOLS, "likelihood")  # likelihood (SEED's official) | generation (LLaVA's)
     textvqa_ocr: str | None = None  # None | item (the rows' own ocr_tokens) | a Rosetta OCR file
     probe: BenchmarkFiles = field(default_factory=BenchmarkFiles)
     mmbench: BenchmarkFiles = field(default_factory=BenchmarkFiles)
     seed: BenchmarkFiles = field(default_factory=BenchmarkFiles)
     textvqa: BenchmarkFiles = field(default_factory=BenchmarkFiles)
     docvqa: BenchmarkFiles = field(default_factory=BenchmarkFiles)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "eval")

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from eelight.config_rules import above, at_least, check_fields, one_of
+
 ARCHS = ("decoder", "flamingo")
 VISUAL_ATTNS = ("none", "self")
 ALIGNERS = ("reuse", "fresh", "none")
@@ -38,36 +40,31 @@ VALID_VARIANTS: tuple[tuple[str, str, str, bool], ...] = (
 )
 
 
-def _check_choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{owner}.{name}={value!r} is not allowed; choose one of {list(allowed)}")
-
-
 @dataclass
 class LLMConfig:
     """A Llama-family decoder. With `path` set, the sizes come from `path/config.json`."""
 
     path: str | None = None
-    vocab_size: int = 128
-    hidden_size: int = 64
-    intermediate_size: int = 160
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int | None = None  # None: hidden_size // num_heads
-    rms_norm_eps: float = 1e-6
-    max_positions: int = 2048
-    rope_theta: float = 10000.0
-    rope_type: str = "default"
-    rope_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0  # llama3 scaling only
-    rope_high_freq_factor: float = 4.0  # llama3 scaling only
-    rope_original_max_positions: int = 8192  # llama3 scaling only
+    vocab_size: int = at_least(1, 128)
+    hidden_size: int = at_least(1, 64)
+    intermediate_size: int = at_least(1, 160)
+    num_layers: int = at_least(1, 2)
+    num_heads: int = at_least(1, 4)
+    num_kv_heads: int = at_least(1, 2)
+    head_dim: int | None = at_least(1, None)  # None: hidden_size // num_heads
+    rms_norm_eps: float = above(0.0, 1e-6)
+    max_positions: int = at_least(1, 2048)
+    rope_theta: float = above(0.0, 10000.0)
+    rope_type: str = one_of(ROPE_TYPES, "default")
+    rope_factor: float = above(0.0, 1.0)
+    rope_low_freq_factor: float = above(0.0, 1.0)  # llama3 scaling only
+    rope_high_freq_factor: float = above(0.0, 4.0)  # llama3 scaling only
+    rope_original_max_positions: int = at_least(1, 8192)  # llama3 scaling only
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("llm", "rope_type", self.rope_type, ROPE_TYPES)
+        check_fields(self, "model.llm")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"llm.num_heads={self.num_heads} is not a multiple of "
@@ -89,19 +86,23 @@ class VisionConfig:
     """A CLIP or SigLIP vision tower. With `path` set, the sizes come from that HF folder."""
 
     path: str | None = None
-    kind: str = "clip"
-    image_size: int = 32
-    patch_size: int = 8
-    hidden_size: int = 32
-    intermediate_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
+    kind: str = one_of(VISION_KINDS, "clip")
+    image_size: int = at_least(1, 32)
+    patch_size: int = at_least(1, 8)
+    hidden_size: int = at_least(1, 32)
+    intermediate_size: int = at_least(1, 64)
+    num_layers: int = at_least(1, 2)
+    num_heads: int = at_least(1, 2)
     feature_layer: int = -2  # LLaVA takes the penultimate layer's hidden states
-    feature_select: str = "patch"  # patch: drop CLS (LLaVA "default"); full: keep it
+    feature_select: str = one_of(FEATURE_SELECTS, "patch")  # patch: drop CLS (LLaVA "default"); full: keep it
 
     def __post_init__(self) -> None:
-        _check_choice("vision", "kind", self.kind, VISION_KINDS)
-        _check_choice("vision", "feature_select", self.feature_select, FEATURE_SELECTS)
+        check_fields(self, "model.vision")
+        # With `path`, the sizes are the HF folder's, known once it is read (`resolve_model`).
+        if self.path is None and not -self.num_layers - 1 <= self.feature_layer <= self.num_layers:
+            raise ValueError(f"model.vision.feature_layer={self.feature_layer} is outside the tower's "
+                             f"{self.num_layers + 1} hidden states; use -{self.num_layers + 1}..{self.num_layers} (-2: the "
+                             "penultimate layer)")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"vision.image_size={self.image_size} is not a multiple of "
@@ -111,28 +112,23 @@ class VisionConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "decoder"
-    visual_attn: str = "none"
-    aligner: str = "reuse"
-    aligner_init: str = "copy"
+    arch: str = one_of(ARCHS, "decoder")
+    visual_attn: str = one_of(VISUAL_ATTNS, "none")
+    aligner: str = one_of(ALIGNERS, "reuse")
+    aligner_init: str = one_of(ALIGNER_INITS, "copy")
     aligner_ffn: bool = False
-    projector_depth: int = 2
-    visual_pool: int = 1  # k: average-pool the k x k patch grid (k**2 times fewer visual tokens)
+    projector_depth: int = at_least(1, 2)
+    visual_pool: int = at_least(1, 1)  # k: average-pool the k x k patch grid (k**2 times fewer visual tokens)
     blind: bool = False  # every image replaced by a black one: same tokens and compute, no image information
-    cross_every: int = 1  # flamingo: a gated cross-attention block before every k-th layer
-    attn_impl: str = "auto"  # auto: flash-attn on CUDA when installed, else SDPA
+    cross_every: int = at_least(1, 1)  # flamingo: a gated cross-attention block before every k-th layer
+    attn_impl: str = one_of(ATTN_IMPLS, "auto")  # auto: flash-attn on CUDA when installed, else SDPA
     compile: bool = False  # torch.compile the decoder's layer stack (inductor; CPU and CUDA)
-    compile_mode: str = "default"  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
+    compile_mode: str = one_of(COMPILE_MODES, "default")  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("model", "arch", self.arch, ARCHS)
-        _check_choice("model", "visual_attn", self.visual_attn, VISUAL_ATTNS)
-        _check_choice("model", "aligner", self.aligner, ALIGNERS)
-        _check_choice("model", "aligner_init", self.aligner_init, ALIGNER_INITS)
-        _check_choice("model", "attn_impl", self.attn_impl, ATTN_IMPLS)
-        _check_choice("model", "compile_mode", self.compile_mode, COMPILE_MODES)
+        check_fields(self, "model")
         variant = (self.arch, self.visual_attn, self.aligner, bool(self.aligner_ffn))
         if variant not in VALID_VARIANTS:
             valid = "; ".join(
@@ -149,12 +145,6 @@ class ModelConfig:
                 f"model.aligner_init={self.aligner_init!r} only applies to model.aligner=fresh "
                 f"(got aligner={self.aligner!r}); leave aligner_init=copy"
             )
-        if self.projector_depth < 1:
-            raise ValueError(f"model.projector_depth={self.projector_depth} must be >= 1")
-        if self.visual_pool < 1:
-            raise ValueError(f"model.visual_pool={self.visual_pool} must be >= 1 (1: no pooling)")
-        if self.cross_every < 1:
-            raise ValueError(f"model.cross_every={self.cross_every} must be >= 1")
 
 
 # Each preset overrides a few top-level fields of ModelConfig.

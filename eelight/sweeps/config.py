@@ -27,7 +27,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from eelight.training.config import ConfigError, _one_line, load_run_config, load_yaml
+from eelight.config_rules import SEED_MAX, above, at_least, between, check_fields, nonempty, one_of
+from eelight.training.config import STAGES, ConfigError, _one_line, load_run_config, load_yaml
 
 TYPES = ("grid", "categorical", "int", "float")
 SAMPLERS = ("tpe", "random")
@@ -36,40 +37,40 @@ PRUNERS = ("none", "median")
 
 @dataclass
 class Distribution:
-    type: str = "grid"
+    type: str = one_of(TYPES, "grid")
     values: list[Any] | None = None  # grid / categorical
     low: float | None = None  # int / float
     high: float | None = None
     log: bool = False
-    step: float | None = None
+    step: float | None = above(0.0, None)
 
 
 @dataclass
 class Objective:
     metric: str = "probe/accuracy"
-    direction: str = "maximize"
+    direction: str = one_of(("maximize", "minimize"), "maximize")
 
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"
+    name: str = nonempty("sweep")
     experiment: list[str] = field(default_factory=lambda: ["experiments/ee_mllm_tiny.yaml"])
-    stages: list[str] = field(default_factory=lambda: ["align", "instruct"])
+    stages: list[str] = one_of(STAGES, default_factory=lambda: ["align", "instruct"])
     stage_configs: dict[str, list[str]] = field(
         default_factory=lambda: {"instruct": ["experiments/stages/instruct.yaml"]})
     overrides: list[str] = field(default_factory=list)
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # per stage, after `overrides`
     space: dict[str, Distribution] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    data_sizes: list[int] | None = None  # None: the full training set
-    trials_per_point: int = 1
+    seeds: list[int] = between(0, SEED_MAX, default_factory=lambda: [0])
+    data_sizes: list[int] | None = at_least(1, None)  # None: the full training set
+    trials_per_point: int = at_least(1, 1)
     objective: Objective = field(default_factory=Objective)
-    sampler: str = "tpe"
-    pruner: str = "none"
+    sampler: str = one_of(SAMPLERS, "tpe")
+    pruner: str = one_of(PRUNERS, "none")
     storage: str | None = None  # Optuna RDB URL; None: sqlite file under out_dir/<name>/
     reference: str | None = None  # the variant paired differences are taken against (None: the first)
     controls: list[str] = field(default_factory=list)  # variants that must lose: the report checks they do
-    out_dir: str = "sweeps_out"
+    out_dir: str = nonempty("sweeps_out")
 
     def grid_axes(self) -> dict[str, list[Any]]:
         axes = {k: list(d.values) for k, d in self.space.items() if d.type == "grid"}
@@ -100,19 +101,17 @@ def _check(sweep: SweepConfig) -> None:
     if not sweep.space:
         raise ConfigError(f"sweep {sweep.name!r}: the search space (`space:`) is empty; name at least one "
                           "config key to vary, e.g. model.aligner: {type: grid, values: [reuse, fresh]}")
+    try:
+        check_fields(sweep, "")
+    except ValueError as exn:
+        raise ConfigError(f"sweep {sweep.name!r}: {exn}") from exn
     for key, d in sweep.space.items():
-        if d.type not in TYPES:
-            raise ConfigError(f"sweep space {key!r}: type={d.type!r} is not allowed; choose one of {list(TYPES)}")
         if d.type in ("grid", "categorical") and not d.values:
             raise ConfigError(f"sweep space {key!r}: type={d.type} needs a non-empty `values` list")
         if d.type in ("int", "float") and (d.low is None or d.high is None or d.low > d.high):
             raise ConfigError(f"sweep space {key!r}: type={d.type} needs low <= high")
-    if sweep.sampler not in SAMPLERS:
-        raise ConfigError(f"sweep sampler={sweep.sampler!r} is not allowed; choose one of {list(SAMPLERS)}")
-    if sweep.pruner not in PRUNERS:
-        raise ConfigError(f"sweep pruner={sweep.pruner!r} is not allowed; choose one of {list(PRUNERS)}")
-    if sweep.objective.direction not in ("maximize", "minimize"):
-        raise ConfigError(f"sweep objective.direction={sweep.objective.direction!r}: maximize or minimize")
+        if d.type in ("int", "float") and d.log and d.low is not None and d.low <= 0:
+            raise ConfigError(f"sweep space {key!r}: log=true needs low > 0 (got low={d.low})")
     _check_objective(sweep)
     # Every value a trial can take must make a valid run config: unknown keys and bad values
     # fail here, before any trial runs.

@@ -5,17 +5,16 @@ stage hand-off (`init_from`) loaded strictly."""
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from eelight.errors import CheckpointError, one_line
+from eelight.errors import CheckpointError
 from eelight.models.hf_loading import load_strict
 from eelight.models.mllm import MLLM
+from eelight.safe_load import load_file, load_sharded
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,6 +60,8 @@ class LoggedStepCheckpoint(ModelCheckpoint):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A stage checkpoint (file or sharded folder) read as data (`eelight.safe_load`): a file
+    that would run code, or is not a checkpoint, is a one-line `CheckpointError`."""
     if Path(path).is_dir():
         return _read_sharded(Path(path))
     if not Path(path).is_file():
@@ -68,11 +69,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"init_from={path} does not exist; run the previous stage first (it writes "
             "runs/<name>/align/last.ckpt)"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exn:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({str(exn).splitlines()[0] or type(exn).__name__}): "
-                              "truncated or not a checkpoint; rerun the stage that writes it") from exn
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint of eelight (no state_dict)")
     return checkpoint
@@ -80,18 +77,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _read_sharded(folder: Path) -> dict[str, Any]:
     """A sharded (FSDP2) checkpoint folder, merged in memory as `fabric consolidate` merges it
-    (Lightning's own loader; the whole state must fit in CPU memory): so an instruct stage starts
-    from an FSDP align stage's `last.ckpt/` directly, in a sweep's trial as on the command line."""
-    from lightning.fabric.utilities.load import _METADATA_FILENAME, _load_distributed_checkpoint
-
-    if not (folder / _METADATA_FILENAME).is_file() or not any(folder.glob("*.distcp")):
-        raise CheckpointError(f"{folder} is a folder but not a sharded checkpoint (no {_METADATA_FILENAME} and "
+    (the whole state must fit in CPU memory): so an instruct stage starts from an FSDP align
+    stage's `last.ckpt/` directly, in a sweep's trial as on the command line."""
+    if not (folder / "meta.pt").is_file() or not (folder / ".metadata").is_file() or not any(folder.glob("*.distcp")):
+        raise CheckpointError(f"{folder} is a folder but not a sharded checkpoint (no meta.pt, .metadata and "
                               "*.distcp files); pass a stage's last.ckpt")
-    try:
-        checkpoint = _load_distributed_checkpoint(folder)
-    except Exception as exn:  # noqa: BLE001 - torch.distributed.checkpoint raises many kinds
-        raise CheckpointError(f"sharded checkpoint {folder} cannot be read ({one_line(exn)[:300]}): a shard is "
-                              "missing or truncated; rerun the stage that writes it") from exn
+    checkpoint = load_sharded(folder)
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"sharded checkpoint {folder} is not a Lightning checkpoint of eelight (no state_dict)")
     return checkpoint

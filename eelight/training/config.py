@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eelight.config_rules import at_least, between, check_fields, nonempty, one_of, seed_field
 from eelight.data.text import PLACEMENTS
 from eelight.errors import UserError
 from eelight.eval.config import EvalConfig
 from eelight.models.config import ModelConfig, model_config
 
 STAGES = ("align", "instruct")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")
 
 
 class ConfigError(UserError, ValueError):
@@ -31,52 +35,52 @@ class DataConfig:
     tokenizer: str = "data/probe/tokenizer"
     template: str = "auto"  # the tokenizer's own chat_template; without one, the built-in `probe` format
     system_prompt: str | None = None  # template=auto: a system turn before the conversation
-    image_placement: str = "marker"  # the visual tokens where `<image>` stands (none: first) | start: always first
-    max_length: int = 64
-    batch_size: int = 16
-    shuffle: int = 500
-    seed: int = 0
-    subset: int | None = None  # first N samples: data-efficiency curves
-    epoch_batches: int | None = None  # fixed epoch length (batches per rank)
+    image_placement: str = one_of(PLACEMENTS, "marker")  # the visual tokens where `<image>` stands (none: first) | start: always first
+    max_length: int = at_least(1, 64)  # tokens; a sample cut by it is counted (data/cut_by_max_length)
+    batch_size: int = at_least(1, 16)
+    shuffle: int = at_least(0, 500)  # 0: no shuffle
+    seed: int = seed_field()
+    subset: int | None = at_least(1, None)  # first N samples: data-efficiency curves
+    epoch_batches: int | None = at_least(1, None)  # fixed epoch length (batches per rank)
     resampled: bool = False  # draw shards with replacement: equal epochs on any shard count
-    num_workers: int = 0
-    max_bad_samples: int | None = None
-    max_bad_fraction: float | None = 0.05
-    val_samples: int = 64  # held-out images used by validation (4 questions each)
+    num_workers: int = at_least(0, 0)
+    max_bad_samples: int | None = at_least(0, None)
+    max_bad_fraction: float | None = between(0.0, 1.0, 0.05)
+    val_samples: int = at_least(1, 64)  # held-out images used by validation (4 questions each)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # LLM and other trainable parameters
-    projector_lr: float = 2e-3
-    new_params_lr: float = 2e-3  # aligner copies, Flamingo cross-attention
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    betas: tuple[float, float] = (0.9, 0.98)
+    lr: float = at_least(0.0, 1e-3)  # LLM and other trainable parameters
+    projector_lr: float = at_least(0.0, 2e-3)
+    new_params_lr: float = at_least(0.0, 2e-3)  # aligner copies, Flamingo cross-attention
+    weight_decay: float = at_least(0.0, 0.0)
+    warmup_steps: int = at_least(0, 20)
+    min_lr_ratio: float = between(0.0, 1.0, 0.1)  # cosine decays to lr * min_lr_ratio
+    betas: tuple[float, float] = between(0.0, 1.0, (0.9, 0.98), below_hi=True)
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 300
-    accelerator: str = "cpu"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = 1.0
-    log_every_n_steps: int = 10
-    ckpt_every_n_steps: int = 50
-    val_every_n_steps: int | None = None  # None: validate only at the end
-    progress_every_s: float = 30.0  # a progress line on stderr at most this often (0: none)
-    threads: int | None = None  # torch intra-op threads; None: this process's share of the cores (threads.py)
+    max_steps: int = at_least(1, 300)
+    accelerator: str = one_of(ACCELERATORS, "cpu")
+    devices: int = at_least(1, 1)
+    num_nodes: int = at_least(1, 1)
+    strategy: str = one_of(STRATEGIES, "auto")
+    precision: str = one_of(PRECISIONS, "32-true")
+    accumulate_grad_batches: int = at_least(1, 1)
+    gradient_clip_val: float | None = at_least(0.0, 1.0)
+    log_every_n_steps: int = at_least(1, 10)
+    ckpt_every_n_steps: int = at_least(1, 50)
+    val_every_n_steps: int | None = at_least(1, None)  # None: validate only at the end
+    progress_every_s: float = at_least(0.0, 30.0)  # a progress line on stderr at most this often (0: none)
+    threads: int | None = at_least(1, None)  # torch intra-op threads; None: this process's share of the cores (threads.py)
 
 
 @dataclass
 class MLflowConfig:
     tracking_uri: str | None = None  # None: sqlite store under ./mlruns/
-    experiment: str = "eelight"
+    experiment: str = nonempty("eelight")
     parent_run_id: str | None = None  # nest this run under a parent (sweeps)
     run_id: str | None = None  # log into this existing run (a sweep trial's); its owner logs the params
     prefix: str = ""  # metric-name prefix: a sweep trial's stages share one run ("align-", "instruct-")
@@ -84,11 +88,11 @@ class MLflowConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "ee_mllm_tiny"
-    out_dir: str = "runs"
-    stage: str = "align"
+    name: str = nonempty("ee_mllm_tiny")
+    out_dir: str = nonempty("runs")
+    stage: str = one_of(STAGES, "align")
     init_from: str | None = None  # the previous stage's last.ckpt (instruct starts from align)
-    seed: int = 0
+    seed: int = seed_field()
     model_preset: str = "ee_mllm"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,20 +102,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage={self.stage!r} is not allowed; choose one of {list(STAGES)}")
         from eelight.eval.registry import check_names
 
         check_names(list(self.eval.benchmarks))
-        if self.trainer.threads is not None and self.trainer.threads < 1:
-            raise ValueError(f"trainer.threads={self.trainer.threads} must be >= 1 (or null: a share of the cores)")
-        for key in ("lr", "projector_lr", "new_params_lr", "weight_decay"):
-            if getattr(self.optim, key) < 0:
-                raise ValueError(f"optim.{key}={getattr(self.optim, key)} is negative; use a rate >= 0 (0 freezes the group)")
-        if self.data.image_placement not in PLACEMENTS:
-            raise ValueError(
-                f"data.image_placement={self.data.image_placement!r} is not allowed; choose one of {list(PLACEMENTS)}"
-            )
+        check_fields(self, "")
+        if "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"name={self.name!r} must be one folder name (runs go to out_dir/name/stage); "
+                             "drop the '/'")
 
     @property
     def run_dir(self) -> Path:

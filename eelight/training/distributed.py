@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from eelight.errors import CheckpointError
+from eelight.safe_load import check_sharded
 from eelight.training.checkpoint import AtomicCheckpointIO, read_checkpoint
 from eelight.training.config import ConfigError, TrainerConfig
 
@@ -70,10 +72,13 @@ def checkpoint_plugins(cfg: TrainerConfig) -> list:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The global step of a checkpoint file or sharded checkpoint folder."""
-    if path.is_dir():
-        return int(torch.load(path / "meta.pt", map_location="cpu", weights_only=False)["global_step"])
-    return int(read_checkpoint(path)["global_step"])
+    """The global step of a checkpoint file or sharded checkpoint folder, each read as data
+    (a resume never hands Lightning a file that was not checked first)."""
+    step = check_sharded(path).get("global_step") if path.is_dir() else read_checkpoint(path).get("global_step")
+    if not isinstance(step, int):
+        raise CheckpointError(f"{path} is not a checkpoint eelight wrote (no global_step); delete it, or use a "
+                              "new name= to start over")
+    return step
 
 
 def shard_fraction(model: torch.nn.Module) -> float:

@@ -184,7 +184,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
         enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
     )
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
     # A callback that stopped the run says why (a sweep's pruner: `sweeps/pruning.py`).
     stop_reason = next((c.stop_reason for c in callbacks if getattr(c, "stop_reason", None)), None)
     metrics: dict[str, float] = {}
