@@ -57,7 +57,7 @@ def problem(value: Any, rule: dict[str, Any]) -> str | None:
     """Why `value` breaks `rule` (None: it keeps it). Lists and tuples: item by item."""
     if value is None:
         return None
-    if isinstance(value, list | tuple) and "choices" not in rule:
+    if isinstance(value, list | tuple):
         return next((p for p in (problem(v, rule) for v in value) if p), None)
     if "choices" in rule:
         return None if value in rule["choices"] else f"is not allowed; choose one of {list(rule['choices'])}"

@@ -67,12 +67,12 @@ class LLMConfig:
         check_fields(self, "model.llm")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"llm.num_heads={self.num_heads} is not a multiple of "
-                f"llm.num_kv_heads={self.num_kv_heads}; grouped-query attention needs it to be"
+                f"model.llm.num_heads={self.num_heads} is not a multiple of "
+                f"model.llm.num_kv_heads={self.num_kv_heads}; grouped-query attention needs it to be"
             )
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(
-                f"llm.hidden_size={self.hidden_size} is not divisible by llm.num_heads="
+                f"model.llm.hidden_size={self.hidden_size} is not divisible by model.llm.num_heads="
                 f"{self.num_heads}; set llm.head_dim explicitly"
             )
 
@@ -105,8 +105,8 @@ class VisionConfig:
                              "penultimate layer)")
         if self.image_size % self.patch_size:
             raise ValueError(
-                f"vision.image_size={self.image_size} is not a multiple of "
-                f"vision.patch_size={self.patch_size}"
+                f"model.vision.image_size={self.image_size} is not a multiple of "
+                f"model.vision.patch_size={self.patch_size}"
             )
 
 
