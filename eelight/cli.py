@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except (UserError, FileNotFoundError) as exn:
         print(f"eelight: error: {one_line(exn)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(exn, "exit_code", 2))  # a run stopped by a signal: 128 + signal
 
 
 if __name__ == "__main__":

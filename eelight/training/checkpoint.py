@@ -1,27 +1,71 @@
-"""Checkpoints: written atomically (temp file + rename, so a kill never leaves a torn
-last.ckpt) and only after the step's metrics are logged (`LoggedStepCheckpoint`), and the
+"""Checkpoints: written atomically (one write to a temp file beside it + rename, so a kill or a
+full disk never leaves a torn last.ckpt) and only after the step's metrics are logged (`LoggedStepCheckpoint`), and the
 stage hand-off (`init_from`) loaded strictly."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from eelight.errors import CheckpointError
+from eelight.errors import CheckpointError, UserError
 from eelight.models.hf_loading import load_strict
 from eelight.models.mllm import MLLM
 from eelight.safe_load import load_file, load_sharded
 
 
+class DiskFullError(UserError, OSError):
+    """A checkpoint did not fit on its file system: names the path and the bytes needed."""
+
+
+def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of the distinct tensor storages in a checkpoint (about its size on disk)."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def write_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """torch.save once, to `<path>.tmp` beside it, then rename: a kill or a full disk never leaves
+    a torn `path`, and the last good one stays until the new one is whole. A full disk (or any
+    write error) removes the partial `.tmp` and is one line naming the path and the bytes needed."""
+    import torch
+
+    tmp = Path(f"{path}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exn:
+        tmp.unlink(missing_ok=True)
+        need = _tensor_bytes(checkpoint)
+        free = shutil.disk_usage(Path(path).parent).free
+        raise DiskFullError(
+            f"cannot write checkpoint {path} ({exn.strerror or exn}): it needs about {need:,} bytes and "
+            f"{free:,} are free there; the last good checkpoint is kept. Free space (or pass another "
+            "out_dir=), then rerun the same command to resume") from exn
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        tmp = f"{path}.tmp"
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        write_atomically(checkpoint, path)
 
 
 class LoggedStepCheckpoint(ModelCheckpoint):

@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from eelight.errors import CheckpointError
 from eelight.safe_load import check_sharded
-from eelight.training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from eelight.training.checkpoint import AtomicCheckpointIO, DiskFullError, read_checkpoint
 from eelight.training.config import ConfigError, TrainerConfig
 
 
@@ -30,7 +30,13 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         if self.global_rank == 0 and tmp.exists():
             shutil.rmtree(tmp)
         self.barrier("eelight_ckpt_clean")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+        except OSError as exn:  # a full disk: no partial folder left, the last good one kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DiskFullError(f"cannot write sharded checkpoint {path} ({exn.strerror or exn}); the last good "
+                                "checkpoint is kept. Free space (or pass another out_dir=), then rerun the same "
+                                "command to resume") from exn
         self.barrier("eelight_ckpt_written")
         if self.global_rank == 0:
             old = path.with_name(path.name + ".old")

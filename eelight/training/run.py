@@ -24,6 +24,7 @@ from eelight.training.config import (
     saved_config,
     to_yaml,
 )
+from eelight.training.signals import Stopped, signal_callback
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -103,6 +104,47 @@ def _as_trained(saved_yaml: str) -> str:
         return to_yaml(saved)  # its backbone folders are gone: compare as written
 
 
+def _forget_failed_attempt(cfg: RunConfig) -> None:
+    """A run folder with an MLflow run but no checkpoint is an attempt that failed before its
+    first save: nothing to resume, and its params (say data.batch_size) may differ from this
+    attempt's, which MLflow refuses to log into one run. So it is marked FAILED (if it still
+    reads RUNNING) and this attempt starts a new MLflow run, saying so in one line."""
+    import sys
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    id_file = cfg.run_dir / "mlflow_run_id"
+    if cfg.mlflow.run_id or not id_file.exists() or rank_zero_only.rank != 0:
+        return
+    old = id_file.read_text().strip()
+    id_file.unlink()
+    from mlflow.exceptions import MlflowException
+
+    from eelight.tracking import Tracking
+
+    try:
+        client = Tracking.of(cfg).client
+        if client.get_run(old).info.status == "RUNNING":
+            client.set_terminated(old, "FAILED")
+    except MlflowException:
+        pass  # that run is gone from the store: nothing to mark
+    print(f"[train {cfg.name}/{cfg.stage}] the earlier attempt (MLflow run {old}) stopped before its first "
+          "checkpoint: starting over in a new MLflow run", file=sys.stderr, flush=True)
+
+
+def _killed(logger, stop, step: int, last: Path) -> None:
+    """After a SIGTERM / SIGINT: the step reached is saved (`last.ckpt`); the MLflow run ends
+    KILLED with the signal named; `Stopped` makes the CLI exit with 128 + signal."""
+    if logger:
+        from eelight.tracking import Tracking
+
+        tracking = Tracking(logger._tracking_uri)
+        tracking.set_tags(logger.run_id, {"stopped_by": stop.name})
+        tracking.client.set_terminated(logger.run_id, "KILLED")
+    raise Stopped(f"stopped by {stop.name} at step {step}; {last} holds that step: rerun the same command to "
+                  "resume", stop.signum)
+
+
 def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     import lightning as L
     import torch
@@ -137,6 +179,8 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "last.ckpt"
     resume = resume_checkpoint(run_dir)
+    if resume is None:
+        _forget_failed_attempt(cfg)
     saved = run_dir / "config.yaml"
     if resume and saved.exists() and (conflicts := resume_conflicts(_as_trained(saved.read_text()), cfg)):
         raise ConfigError(
@@ -172,19 +216,22 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     t = cfg.trainer
     progress = [progress_callback(f"{cfg.name}/{cfg.stage}", t.max_steps, t.progress_every_s)
                 ] if t.progress_every_s and rank_zero_only.rank == 0 else []
+    stop = signal_callback() if not cfg.mlflow.run_id else None  # a sweep's stage: its worker handles signals
     checkpoint = LoggedStepCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
                                  every_n_train_steps=t.ckpt_every_n_steps)
     trainer = L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=make_strategy(t), precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, logger=logger,
-        callbacks=[checkpoint, *callbacks, *progress], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
+        callbacks=[checkpoint, *callbacks, *progress, *([stop] if stop else [])], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
         limit_val_batches=0 if t.val_every_n_steps is None else None,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
     )
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+    if stop is not None and stop.signum is not None:
+        _killed(logger, stop, trainer.global_step, last)
     # A callback that stopped the run says why (a sweep's pruner: `sweeps/pruning.py`).
     stop_reason = next((c.stop_reason for c in callbacks if getattr(c, "stop_reason", None)), None)
     metrics: dict[str, float] = {}
