@@ -315,3 +315,22 @@ def test_a_subset_reads_each_shard_up_to_its_last_sample_and_decodes_each_sample
     whole = BadSampleCounter()
     _keys(make_pipeline(shards[:2], stage="instruct", tokenizer=tok, processor=proc, counter=whole))
     assert whole.counts["tar"] == 1  # read whole, the cut is seen
+
+
+def test_samples_cut_by_max_length_are_counted_and_answerless_ones_skipped(tmp_path, tok, proc):
+    """Captions of 2 to 7 words in a 6-token window: each batch counts the samples whose tokens
+    did not fit (counted by hand from each caption's full length); a window that leaves no
+    answer token skips the sample as `no_answer`."""
+    captions = [" ".join(["red"] * n) for n in range(2, 8)]
+    samples = [Sample(f"c{i}", _image(i), caption=c) for i, c in enumerate(captions)]
+    write_shards(samples, tmp_path, "train", max_count=10)
+    urls = f"{tmp_path}/train-000000.tar"
+    full = next(iter(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=6, max_length=64)))
+    lengths = [int((row != tok.pad_token_id).sum()) for row in full["input_ids"]]
+    assert full["cut"] == 0
+    batch = next(iter(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=6, max_length=6)))
+    assert batch["cut"] == sum(n > 6 for n in lengths) > 0 and batch["input_ids"].shape[1] == 6
+    counter = BadSampleCounter()
+    _keys(make_pipeline(urls, stage="align", tokenizer=tok, processor=proc, batch_size=6, max_length=1,
+                        counter=counter))
+    assert counter.counts["no_answer"] == len(captions)

@@ -27,7 +27,7 @@ import torch
 
 from eelight.data.image import FastImageTransform
 from eelight.data.shards import read_manifest
-from eelight.data.text import IGNORE_INDEX, NoAnswerLeft, caption_turns, encode, template
+from eelight.data.text import IGNORE_INDEX, NoAnswerLeft, caption_turns, encode_counted, template
 from eelight.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -242,7 +242,7 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl, processor, 
         if not isinstance(caption, str) or not caption.strip():
             raise BadSample("text", f"sample {sample.get('__key__')} has no caption (.txt)", sample)
         try:
-            enc = encode(caption_turns(caption), template("plain"), tokenizer, max_length, placement)
+            enc, cut = encode_counted(caption_turns(caption), template("plain"), tokenizer, max_length, placement)
         except NoAnswerLeft as exn:
             raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
     else:
@@ -250,13 +250,13 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl, processor, 
         if not isinstance(turns, list) or not turns:
             raise BadSample("text", f"sample {sample.get('__key__')} has no conversation in .json", sample)
         try:
-            enc = encode(turns, tpl, tokenizer, max_length, placement)
+            enc, cut = encode_counted(turns, tpl, tokenizer, max_length, placement)
         except NoAnswerLeft as exn:
             raise BadSample("no_answer", f"sample {sample.get('__key__')}: {exn}", sample) from exn
         except ValueError as exn:  # malformed turns
             raise BadSample("json", f"sample {sample.get('__key__')}: {exn}", sample) from exn
     return {"key": sample["__key__"], "pixels_uint8": processor.to_uint8(image), "input_ids": enc.ids,
-            "labels": enc.labels, "image_offset": enc.image_offset}
+            "labels": enc.labels, "image_offset": enc.image_offset, "cut": cut}
 
 
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -271,7 +271,8 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
     return {"keys": [e["key"] for e in examples], "input_ids": ids, "labels": labels,
             "pixel_values": torch.stack([e["pixels_uint8"] for e in examples]),
-            "image_offset": torch.tensor([e["image_offset"] for e in examples], dtype=torch.long)}
+            "image_offset": torch.tensor([e["image_offset"] for e in examples], dtype=torch.long),
+            "cut": sum(bool(e.get("cut")) for e in examples)}  # samples whose text data.max_length cut
 
 
 def _with_counts(batch: dict[str, Any], counter: BadSampleCounter) -> dict[str, Any]:

@@ -179,13 +179,21 @@ def encode(
 ) -> Encoded:
     """Token ids, labels and the image's offset, truncated to max_length (an image whose
     marker was truncated away stands after the last token left)."""
+    return encode_counted(turns, tpl, tokenizer, max_length, placement)[0]
+
+
+def encode_counted(
+    turns: list[dict], tpl: ChatTemplate, tokenizer, max_length: int, placement: str = "marker"
+) -> tuple[Encoded, bool]:
+    """`encode`, and whether max_length cut tokens off (the loader counts such samples)."""
     if placement not in PLACEMENTS:
         raise ValueError(f"data.image_placement={placement!r}; choose one of {list(PLACEMENTS)}")
     ids, labels, offset = _assemble(*tpl.pieces(turns, placement), tpl, tokenizer)
+    cut = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         raise NoAnswerLeft(f"no answer token left within data.max_length={max_length}")
-    return Encoded(ids, labels, min(offset, len(ids)))
+    return Encoded(ids, labels, min(offset, len(ids))), cut
 
 
 def prompt(question: str, tpl: ChatTemplate, tokenizer, placement: str = "marker") -> Encoded:

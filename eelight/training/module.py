@@ -69,9 +69,11 @@ class MLLMModule(L.LightningModule):
         self._samples_after_first = 0
         self.samples_trained = 0  # this rank's, since this process started (a resumed run: since the resume)
         self.bad_tracker = BadCountTracker()
+        self.cut_samples = 0  # this rank's samples whose text data.max_length cut (trained on what was left)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self.bad_tracker.update(batch)
+        self.cut_samples += int(batch.get("cut", 0))
         out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
                          image_offset=batch.get("image_offset"))
         if not torch.isfinite(out.loss):
@@ -96,6 +98,7 @@ class MLLMModule(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         for kind, count in self.bad_tracker.counts.items():
             self.log(f"data/bad_{kind}", float(count))
+        self.log("data/cut_by_max_length", float(self.cut_samples))
         return loss
 
     def global_token_mean(self, loss: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,15 @@ def progress_callback(label: str, max_steps: int, every_s: float):
             left = (max_steps - step) / rate if rate > 0 else float("nan")
             print(f"[train {label}] step {step}/{max_steps}"
                   + (f" loss {float(loss):.4f}" if loss is not None else "")
-                  + f" {rate * batch['input_ids'].shape[0]:.0f} samples/s, {left:.0f} s left",
-                  file=sys.stderr, flush=True)
+                  + f" {rate * batch['input_ids'].shape[0]:.0f} samples/s, {left:.0f} s left"
+                  + _data_notes(pl_module), file=sys.stderr, flush=True)
 
     return Progress()
+
+
+def _data_notes(module) -> str:
+    """Samples skipped (by kind) and cut by data.max_length so far, when there are any."""
+    bad = sum(module.bad_tracker.counts.values()) if hasattr(module, "bad_tracker") else 0
+    cut = getattr(module, "cut_samples", 0)
+    notes = ([f"{bad} bad samples skipped"] if bad else []) + ([f"{cut} cut by data.max_length"] if cut else [])
+    return f" ({', '.join(notes)})" if notes else ""

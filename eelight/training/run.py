@@ -244,7 +244,7 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
                                       reduce_op="sum")
     result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
               "metrics": metrics, "stop_reason": stop_reason,
-              "bad_counts": module.bad_tracker.counts, "global_step": trainer.global_step,
+              "bad_counts": module.bad_tracker.counts, "cut_by_max_length": module.cut_samples, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
               "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s,
               "samples_trained": int(samples.item())}  # every rank's, since the start or the resume
