@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--register", default=None, help="also register it in the MLflow model registry")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_export)
-    p = sub.add_parser("eval", help="score a run folder or an export on benchmarks (MMBench, SEED, TextVQA, DocVQA)")
+    from eelight.eval.registry import benchmark_help
+
+    p = sub.add_parser("eval", help="score a run folder or an export on benchmarks (MMBench, SEED, TextVQA, DocVQA)",
+                       epilog=benchmark_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="runs/<name>/<stage> (config.yaml + last.ckpt) or an exported folder")
     p.add_argument("overrides", nargs="*", help="benchmarks=[...], eval.*, model.* (e.g. model.visual_attn=none)")
     p.add_argument("--out", default=None, help="where predictions go (default TARGET/eval/<variant>)")

@@ -2,6 +2,8 @@
 ANLS at and around τ, option extraction, CircularEval)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eelight.eval.base import Item, Scored
 from eelight.eval.metrics import CategoryScore, anls, normalize_vqa, parse_option, vqa_accuracy
@@ -46,6 +48,33 @@ def test_anls_threshold_and_normalisation():
     assert anls("hello", ["abc", "hello"]) == 1.0  # best gold
     # distance on collapsed strings (2), length of the raw ones: max(len("a  b"), len("a b c")) = 5
     assert anls("a b c", ["a  b"]) == pytest.approx(1 - 2 / 5)
+    assert anls("straße", ["strase"]) == pytest.approx(1 - 1 / 7)  # lengths after upper(): STRASSE
+
+
+def _lmms_eval_anls(references: list[str], prediction: str, threshold: float = 0.5) -> float:
+    """lmms-eval's published `anls` metric (lmms_eval/api/metrics.py), with its own dynamic-
+    programming Levenshtein distance over code points."""
+    def distance(a: str, b: str) -> int:
+        row = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, cb in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+        return row[-1]
+
+    values = []
+    for answer in references:
+        gt, det = " ".join(answer.strip().lower().split()), " ".join(prediction.strip().lower().split())
+        length = max(len(answer.upper()), len(prediction.upper()))
+        values.append(0.0 if length == 0 else distance(gt, det) / length)
+    result = 1 - min(values)
+    return 0.0 if result < threshold else result
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.lists(st.text(max_size=12), min_size=1, max_size=3))
+def test_anls_equals_lmms_eval_per_sample_for_any_unicode(prediction, answers):
+    assert anls(prediction, answers) == pytest.approx(_lmms_eval_anls(answers, prediction), abs=1e-12)
 
 
 @pytest.mark.parametrize("prediction, expected", [

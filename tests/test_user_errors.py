@@ -211,3 +211,15 @@ def test_a_gpu_config_on_a_machine_without_enough_gpus_is_one_line(probe_env, tm
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "weight_reuse" / "runs").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "has 0 CUDA device(s)" in _one_line_exit_2(capsys, argv)
+
+
+def test_eval_help_lists_every_benchmark_and_its_default_file(capsys):
+    from eelight.eval.registry import BENCHMARKS, DEFAULT_FILES
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    for name in BENCHMARKS:
+        assert f"  {name}: " in out
+    for file, images in DEFAULT_FILES.values():
+        assert f"data/probe/benchmarks/{file}" in out and (images is None or f"data/probe/benchmarks/{images}/" in out)

@@ -94,7 +94,7 @@ def anls(prediction: str, answers: list[str], threshold: float = 0.5) -> float:
     best = 0.0
     for answer in answers:
         gold = " ".join(answer.strip().lower().split())
-        length = max(len(answer), len(prediction))
+        length = max(len(answer.upper()), len(prediction.upper()))  # lmms-eval's: "ß" counts as "SS"
         similarity = 1.0 if length == 0 else 1.0 - Levenshtein.distance(gold, pred) / length
         best = max(best, similarity)
     return best if best >= threshold else 0.0

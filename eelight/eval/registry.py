@@ -17,6 +17,17 @@ DEFAULT_FILES = {
 BENCHMARKS = ("probe", "mmbench", "seed", "textvqa", "docvqa")
 
 
+def benchmark_help(data_root: str = "data/probe/benchmarks") -> str:
+    """The benchmarks and where their files are expected by default (`eelight eval --help`)."""
+    rows = ["probe: the run's data.val_shards (first data.val_samples images); eval.probe.file= for others"]
+    for name, (file, images) in DEFAULT_FILES.items():
+        inside = " (images in the TSV, base64)" if name == "mmbench" else " (images: each `image` path, from the JSON's folder)"
+        where = f"{data_root}/{file}" + (f" + images in {data_root}/{images}/" if images else inside)
+        rows.append(f"{name}: {where}; eval.{name}.file= / eval.{name}.images= for others")
+    return "benchmarks (benchmarks=[...]; files under eval.data_root, default " + data_root + "):\n" + "\n".join(
+        f"  {r}" for r in rows)
+
+
 def check_names(names: list[str]) -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
