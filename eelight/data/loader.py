@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from eelight.data.image import FastImageTransform
-from eelight.data.shards import read_manifest
+from eelight.data.shards import ManifestError, read_manifest
 from eelight.data.text import IGNORE_INDEX, NoAnswerLeft, caption_turns, encode_counted, template
 from eelight.errors import UserError
 
@@ -148,6 +148,18 @@ def expand_urls(urls: str | list[str]) -> list[str]:
     return out
 
 
+def _manifest_keys(folder: str) -> dict[str, list[str]]:
+    """Shard path -> its sample keys, from the folder's index.json (a broken file: one line)."""
+    path = Path(folder) / "index.json"
+    try:
+        out = {str(Path(folder) / shard["path"]): [str(k) for k in shard["keys"]]
+               for split in read_manifest(folder)["splits"].values() for shard in split["shards"]}
+    except (KeyError, TypeError, AttributeError) as exn:
+        raise ManifestError(f"{path} does not list each shard's `path` and `keys` ({type(exn).__name__}: {exn}); "
+                            "rewrite it with python data_pipelines/index_shards.py --shards '<pattern>'") from exn
+    return out
+
+
 def subset_keys(urls: list[str], n: int) -> tuple[set[str], dict[str, int]]:
     """The first n sample keys in shard order, from the manifest beside the shards (the
     n-sample subset is a prefix of the 2n-sample one, whatever the ranks and workers), and
@@ -155,20 +167,19 @@ def subset_keys(urls: list[str], n: int) -> tuple[set[str], dict[str, int]]:
     and a shard is read only up to its last subset sample (`_subset_samples`)."""
     by_name: dict[str, list[str]] = {}
     for folder in {str(Path(u).parent) for u in urls}:
-        for split in read_manifest(folder)["splits"].values():
-            for shard in split["shards"]:
-                by_name[str(Path(folder) / shard["path"])] = shard["keys"]
+        by_name.update(_manifest_keys(folder))
     keys: list[str] = []
     holding: dict[str, int] = {}
     for url in urls:
         if url not in by_name:
-            raise ValueError(f"data.subset={n} needs the keys of shard {url}, which index.json beside it does "
+            raise ManifestError(f"data.subset={n} needs the keys of shard {url}, which index.json beside it does "
                              f"not list; write them with python data_pipelines/index_shards.py --shards '<pattern>'")
         if len(keys) < n and by_name[url]:
             holding[url] = min(len(by_name[url]), n - len(keys))
         keys += by_name[url]
     if len(keys) < n:
-        raise ValueError(f"data.subset={n} but the shards hold {len(keys)} samples")
+        raise ManifestError(f"data.subset={n} but the shards hold {len(keys)} samples (by the index.json beside "
+                            "them); use a smaller data.subset")
     return set(keys[:n]), holding
 
 

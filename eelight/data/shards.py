@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image
 
+from eelight.errors import UserError
+
 
 @dataclass
 class Sample:
@@ -137,4 +139,16 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
             f"{path} not found: shard folders written by data_pipelines/ have one; for other shards "
             f"(img2dataset, LAION) write it with python data_pipelines/index_shards.py --shards '<pattern>'"
         )
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exn:  # JSONDecodeError, UnicodeDecodeError
+        raise ManifestError(f"{path} is not valid JSON ({exn}); rewrite it with python "
+                            "data_pipelines/index_shards.py --shards '<pattern>'") from exn
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise ManifestError(f"{path} has no `splits` object; rewrite it with python data_pipelines/index_shards.py "
+                            "--shards '<pattern>'")
+    return manifest
+
+
+class ManifestError(UserError, ValueError):
+    """A shard folder's index.json that is missing what the loader needs: names the file and the fix."""

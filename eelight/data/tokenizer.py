@@ -38,4 +38,11 @@ def load_tokenizer(path: str | Path):
             f"no tokenizer at {path} (tokenizer_config.json missing); build the probe with "
             "`python data_pipelines/synthetic_probe.py` or point data.tokenizer at a HF folder"
         )
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exn:  # noqa: BLE001 - a broken tokenizer.json / config raises many kinds
+        from eelight.errors import UserError, one_line
+
+        raise UserError(f"the tokenizer at {path} cannot be loaded ({type(exn).__name__}: {one_line(exn)[:160]}): "
+                        "a file in it is broken or not a Hugging Face tokenizer's; re-save it with "
+                        "save_pretrained or rebuild the probe") from exn

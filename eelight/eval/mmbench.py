@@ -31,8 +31,11 @@ class MMBench(Evaluator):
         if not path.is_file():
             raise BenchmarkError(f"mmbench: TSV {path} not found; set eval.mmbench.file= to MMBench_DEV_EN.tsv")
         csv.field_size_limit(1 << 30)  # base64 images are long fields
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh, delimiter="\t"))
+        except (UnicodeDecodeError, csv.Error) as exn:
+            raise BenchmarkError(f"mmbench: {path} is not a UTF-8 TSV ({exn}); is it MMBench_DEV_EN.tsv?") from exn
         items, seen = [], set()
         for n, row in enumerate(rows, start=2):  # row 1 is the header
             source = f"{path}, row {n}"

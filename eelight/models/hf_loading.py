@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eelight.errors import CheckpointError
+from eelight.errors import CheckpointError, one_line
 from eelight.models.config import LLMConfig, ModelConfig, VisionConfig
 
 LLM_FAMILIES = ("llama", "mistral", "qwen2")
@@ -55,13 +55,32 @@ def read_config(folder: str | Path) -> dict[str, Any]:
             f"{path} not found: a Hugging Face checkpoint folder needs config.json (check the path; "
             "the tiny probe backbones are built by `eelight backbones`)"
         )
-    return json.loads(path.read_text())
+    try:
+        hf = json.loads(path.read_text())
+    except ValueError as exn:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path} is not valid JSON ({one_line(exn)[:120]}); re-save the model with "
+                              "save_pretrained") from exn
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} holds a {type(hf).__name__}, not a config object; re-save the model")
+    return hf
+
+
+def _from_config(folder: str | Path, parse: Any) -> Any:
+    """`parse(config.json)`, with anything the file gets wrong named in one line."""
+    path = Path(folder) / "config.json"
+    try:
+        return parse(read_config(folder))
+    except CheckpointError as exn:
+        if str(path) in str(exn):
+            raise
+        raise CheckpointError(f"{path}: {exn}") from exn
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exn:
+        raise CheckpointError(f"{path} is not a usable Hugging Face config ({type(exn).__name__}: "
+                              f"{one_line(exn)[:160]}); re-save the model with save_pretrained") from exn
 
 
 def read_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a folder: `model.safetensors` or the shards its index names."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -70,15 +89,25 @@ def read_safetensors(folder: str | Path) -> dict[str, torch.Tensor]:
         for name in files:
             if not (folder / name).is_file():
                 raise CheckpointError(f"{folder / name} is listed in {index.name} but missing")
-            state.update(load_file(folder / name))
+            state.update(_load_safetensors(folder / name))
         return state
     single = folder / "model.safetensors"
     if single.is_file():
-        return load_file(single)
+        return _load_safetensors(single)
     raise CheckpointError(
         f"no model.safetensors or model.safetensors.index.json in {folder}; re-save the model "
         "with transformers' save_pretrained(..., safe_serialization=True)"
     )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as exn:  # noqa: BLE001 - SafetensorError, OSError, MemoryError...: a broken file
+        raise CheckpointError(f"{path} cannot be read as safetensors ({one_line(exn)[:160]}): truncated or "
+                              "not a weights file; re-save the model with save_pretrained") from exn
 
 
 def map_keys(
@@ -186,7 +215,7 @@ def resolve_llm(cfg: LLMConfig) -> tuple[LLMConfig, str]:
     """The sizes from `cfg.path/config.json` when a path is set, else `cfg` itself."""
     if not cfg.path:
         return cfg, "llama"
-    return llm_config_from_hf(read_config(cfg.path), cfg.path)
+    return _from_config(cfg.path, lambda hf: llm_config_from_hf(hf, cfg.path))
 
 
 def resolve_model(cfg: ModelConfig) -> ModelConfig:
@@ -195,12 +224,14 @@ def resolve_model(cfg: ModelConfig) -> ModelConfig:
     llm, _ = resolve_llm(cfg.llm)
     vision = cfg.vision
     if vision.path:
-        hf = vision_config_from_hf(read_config(vision.path))
-        vision = replace(vision, kind="siglip" if "siglip" in hf.model_type else "clip", image_size=hf.image_size,
-                         patch_size=hf.patch_size, hidden_size=hf.hidden_size,
-                         intermediate_size=hf.intermediate_size, num_layers=hf.num_hidden_layers,
-                         num_heads=hf.num_attention_heads)
+        vision = _from_config(vision.path, lambda hf: _vision_sizes(vision, vision_config_from_hf(hf)))
     return replace(cfg, llm=llm, vision=vision)
+
+
+def _vision_sizes(vision: Any, hf: Any) -> Any:
+    return replace(vision, kind="siglip" if "siglip" in hf.model_type else "clip", image_size=hf.image_size,
+                   patch_size=hf.patch_size, hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
+                   num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads)
 
 
 def load_llm_weights(decoder: nn.Module, folder: str, family: str) -> None:

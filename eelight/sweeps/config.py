@@ -182,5 +182,10 @@ def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> 
     sweep.overrides = list(sweep.overrides) + list(extra_overrides)
     # the command line's overrides win over a stage's own too (`make sweep ARGS=trainer.max_steps=5`)
     sweep.stage_overrides = {k: list(v) + list(extra_overrides) for k, v in sweep.stage_overrides.items()}
-    _check(sweep)
+    try:
+        _check(sweep)
+    except ConfigError as exn:
+        if str(path) in str(exn):
+            raise
+        raise ConfigError(f"sweep file {path}: {exn}") from exn
     return sweep

@@ -127,11 +127,27 @@ def load_yaml(path: str) -> Any:
 
     try:
         return OmegaConf.load(path)
+    except UnicodeDecodeError as exn:
+        raise ConfigError(f"{path} is not UTF-8 text ({exn.reason} at byte {exn.start}); fix the file") from exn
+    except OSError as exn:
+        if isinstance(exn, FileNotFoundError) or "Invalid loaded object type" not in str(exn):
+            raise
+        raise ConfigError(f"{path} does not hold `key: value` lines ({exn}); fix the file") from exn
     except yaml.YAMLError as exn:
         mark = getattr(exn, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exn, "problem", None) or str(exn).splitlines()[0]
         raise ConfigError(f"{where}: YAML syntax error: {problem}; fix the file") from exn
+
+
+def _mapping(node: Any, path: str) -> Any:
+    """A config file must hold keys and values (a YAML list or scalar is not a config)."""
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} does not hold `key: value` lines (it parses as a {type(node).__name__}); "
+                          "fix the file")
+    return node
 
 
 def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()
@@ -140,12 +156,19 @@ def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: lis
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    sources = [*yaml_paths, "the command line"]
     try:
-        layers = [load_yaml(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
+        layers = [_mapping(load_yaml(p), p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
         probe = OmegaConf.merge(*layers) if layers else OmegaConf.create()
         preset = probe.get("model_preset", "ee_mllm")
-        base = OmegaConf.structured(RunConfig(model_preset=preset, model=model_config(preset)))
-        merged = OmegaConf.merge(base, *layers)
+        merged = OmegaConf.structured(RunConfig(model_preset=preset, model=model_config(preset)))
+        for source, layer in zip(sources, layers, strict=True):  # a bad key is named with its file
+            try:
+                merged = OmegaConf.merge(merged, layer)
+            except OmegaConfBaseException as exn:
+                key = getattr(exn, "full_key", None)
+                raise ConfigError(f"{source}: bad config key {key!r}: {_one_line(exn)}" if key
+                                  else f"{source}: {_one_line(exn)}") from exn
         cfg = OmegaConf.to_object(merged)
     except FileNotFoundError as exn:
         raise ConfigError(f"config file not found: {exn.filename}") from exn
@@ -153,7 +176,8 @@ def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: lis
         key = getattr(exn, "full_key", None)
         raise ConfigError(f"bad config key {key!r}: {_one_line(exn)}" if key else _one_line(exn)) from exn
     except ValueError as exn:
-        raise ConfigError(_one_line(exn)) from exn
+        origin = f" (config: {' + '.join(sources if overrides else sources[:-1])})" if yaml_paths else ""
+        raise ConfigError(_one_line(exn) + origin) from exn
     assert isinstance(cfg, RunConfig)
     return cfg
 
