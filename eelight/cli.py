@@ -57,7 +57,14 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.check:
         _check_sweep(sweep)
         return
-    summary = run_worker(sweep, args.max_trials)
+    from eelight.sweeps.runner import WorkerStopped
+
+    try:
+        summary = run_worker(sweep, args.max_trials)
+    except WorkerStopped as stop:
+        print(f"eelight: error: sweep {sweep.name} stopped by {stop}: its trial is marked FAIL and its point "
+              "queued again; rerun the same command to go on", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     summary["report"] = str(write_report(sweep))
     print(json.dumps(summary))
 

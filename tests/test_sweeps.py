@@ -238,6 +238,34 @@ def test_sigkill_mid_trial_then_rerun_completes_each_point_once(probe_env, tmp_p
     assert client.get_run(retried[0].user_attrs["mlflow_run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_a_worker_fails_its_trial_at_once_and_the_rerun_runs_its_point(probe_env, tmp_path, sig):
+    logs = tmp_path / "worker.out", tmp_path / "worker.err"
+    with open(logs[0], "w") as out, open(logs[1], "w") as err:
+        proc = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=400, own_store=True, stdout=out, stderr=err)
+    align = tmp_path / "weight_reuse" / "runs" / "trial_0000" / "align" / "config.yaml"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not align.exists():
+        time.sleep(0.2)
+    time.sleep(2)  # inside trial 0's training
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    last = logs[1].read_text().strip().splitlines()[-1]
+    assert code == 128 + sig and last.startswith(f"eelight: error: sweep weight_reuse stopped by {sig.name}"), last
+    study = _study(tmp_path)
+    first = study.trials[0]
+    assert first.state.name == "FAIL" and sig.name in first.user_attrs["error"]  # at once, not after a heartbeat
+    again = [t for t in study.trials if t.state.name == "WAITING"]
+    assert first.user_attrs["grid_point"] in {t.user_attrs["grid_point"] for t in again}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(first.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and sig.name in run.data.tags["error"]
+    rerun = _cli(probe_env, tmp_path, "sweep", SWEEP, steps=6, own_store=True)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr[-3000:]
+    assert sorted(_complete_points(_study(tmp_path)).values()) == [1, 1, 1]
+
+
 def test_a_study_is_not_resumed_on_other_training_data(finished, probe_env, tmp_path):
     """Rerunning a finished sweep after its data was regenerated must not report the old trials."""
     out, _, _ = finished

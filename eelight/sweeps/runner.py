@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import signal
 import sys
 import threading
 import time
@@ -189,6 +190,50 @@ class _Heartbeat:
         self.thread.join()
 
 
+class WorkerStopped(BaseException):
+    """SIGTERM / SIGINT reached a sweep worker mid-trial. A BaseException, so that the trial's own
+    `except Exception` (a failed trial is recorded and the sweep goes on) does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals():
+    """While a trial runs: SIGTERM / SIGINT raise `WorkerStopped` (Lightning, which takes SIGTERM
+    over during `fit`, calls the handler it found: this one)."""
+    def handler(signum, frame):
+        raise WorkerStopped(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _fail_stopped_trial(study, trial, sweep: SweepConfig, stop: WorkerStopped) -> None:
+    """The stopped worker's trial is FAIL at once (not when its heartbeat goes stale), its MLflow
+    run FAILED with the signal named, and its grid point queued again for the next worker."""
+    from optuna.trial import TrialState
+
+    reason = f"the worker running trial {trial.number} was stopped by {stop}; its point is run again"
+    trial.set_user_attr("error", reason)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        Tracking.of_sweep(sweep).end_trial_run(run_id, "FAIL", error=reason)
+    point = trial.user_attrs.get("point")
+    if point is not None:
+        study.enqueue_trial({k: v for k, v in point.items() if k != "repeat"},
+                            user_attrs={"grid_point": trial.user_attrs["grid_point"], "point": point})
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def _duplicate(study, trial) -> bool:
     """Another trial of the same grid point with a lower number already ran or runs."""
     from optuna.trial import TrialState
@@ -239,8 +284,12 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
             continue
         ran += 1
         start = time.perf_counter()
-        with _Heartbeat(study._storage, trial._trial_id) if heartbeat else nullcontext():
-            state, value = run_trial(study, trial, sweep, parent)
+        try:
+            with _Heartbeat(study._storage, trial._trial_id) if heartbeat else nullcontext(), _stop_on_signals():
+                state, value = run_trial(study, trial, sweep, parent)
+        except WorkerStopped as stop:
+            _fail_stopped_trial(study, trial, sweep, stop)
+            raise
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         print(progress_line(study, sweep, trial.number, state.name, value, time.perf_counter() - start),
               file=sys.stderr, flush=True)
