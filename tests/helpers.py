@@ -102,3 +102,18 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+def one_line_exit_2(capsys, argv: list[str]) -> str:
+    """`eelight ARGV` in this process: exit status 2 and one line on stderr, no traceback."""
+    import pytest
+
+    from eelight.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_exit_2
 
-from eelight.cli import main
 from eelight.errors import CheckpointError
 
 
@@ -44,16 +44,6 @@ def _sharded(folder: Path, extra: dict | None = None) -> Path:
     return folder
 
 
-def _exit_2(capsys, argv: list[str]) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
 def test_our_own_files_still_load(tmp_path):
     from eelight.training.checkpoint import read_checkpoint
     from eelight.training.distributed import checkpoint_step
@@ -72,7 +62,7 @@ def test_our_own_files_still_load(tmp_path):
 def test_a_crafted_init_from_is_refused_and_runs_nothing(probe_env, tmp_path, capsys, raw):
     marker = tmp_path / "pwned"
     evil = _evil_file(tmp_path / "evil.ckpt", marker, raw)
-    err = _exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=evil_init",
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=evil_init",
                            "stage=instruct", f"init_from={evil}"])
     assert str(evil) in err and "will not unpickle" in err and "run code" in err
     assert not marker.exists()
@@ -84,7 +74,7 @@ def test_a_crafted_resume_checkpoint_is_refused_before_training(probe_env, tmp_p
     run_dir = tmp_path / "runs" / "evil_resume" / "align"
     run_dir.mkdir(parents=True)
     _evil_file(run_dir / name, marker)
-    err = _exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=evil_resume",
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=evil_resume",
                            f"out_dir={tmp_path / 'runs'}", "trainer.max_steps=1"])
     assert name in err and "will not unpickle" in err
     assert not marker.exists()
@@ -100,7 +90,7 @@ def test_a_crafted_last_ckpt_of_an_eval_target_is_refused(probe_env, tmp_path, c
     (folder / "config.yaml").write_text(to_yaml(load_run_config(["experiments/ee_mllm_tiny.yaml"],
                                                                 probe_env["overrides"])))
     _evil_file(folder / "last.ckpt", marker, raw=True)
-    err = _exit_2(capsys, ["eval", str(folder), "--no-mlflow"])
+    err = one_line_exit_2(capsys, ["eval", str(folder), "--no-mlflow"])
     assert "last.ckpt" in err and "will not unpickle" in err
     assert not marker.exists()
 
@@ -135,7 +125,7 @@ def test_a_crafted_sharded_resume_folder_is_refused_through_the_cli(probe_env, t
     run_dir = tmp_path / "runs" / "evil_sharded" / "align"
     folder = _sharded(run_dir / "last.ckpt")
     _evil_meta(folder, marker)
-    err = _exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=evil_sharded",
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"], "name=evil_sharded",
                            f"out_dir={tmp_path / 'runs'}", "trainer.max_steps=1"])
     assert "meta.pt" in err and "will not unpickle" in err
     assert not marker.exists()

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line_exit_2
 
 from eelight.cli import main
-
-
-def _one_line_exit_2(capsys, argv) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def _started_run_exit_2(argv) -> str:
@@ -40,18 +31,18 @@ def _started_run_exit_2(argv) -> str:
 def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndata:\n  batch_size: [1, 2\n  template: probe\n")
-    err = _one_line_exit_2(capsys, ["train", str(bad)])
+    err = one_line_exit_2(capsys, ["train", str(bad)])
     assert f"{bad}, line" in err and "YAML syntax error" in err
     sweep = tmp_path / "sweep.yaml"  # a sweep file too (it was a traceback)
     sweep.write_text("name: x\noverrides: [data.train_shards=a-{0..1}.tar]\n")
-    err = _one_line_exit_2(capsys, ["sweep", str(sweep)])
+    err = one_line_exit_2(capsys, ["sweep", str(sweep)])
     assert f"{sweep}, line 2" in err and "YAML syntax error" in err
 
 
 @pytest.mark.parametrize("key", ["optim.lr", "optim.projector_lr", "optim.new_params_lr", "optim.weight_decay"])
 def test_negative_learning_rate_is_refused(capsys, key):
     """AdamW checks only its default lr: a negative per-group rate used to train "uphill"."""
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", f"{key}=-0.001"])
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", f"{key}=-0.001"])
     assert f"{key}=-0.001 must be >= 0.0" in err
 
 
@@ -62,7 +53,7 @@ def test_unreadable_init_from_is_named(probe_env, tmp_path, capsys, content):
         torch.save({"something": 1}, ckpt)  # a torch file, but no Lightning state_dict
     else:
         ckpt.write_bytes(content)
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
                                     "name=bad_init", "stage=instruct", f"init_from={ckpt}"])
     assert str(ckpt) in err and ("cannot be read" in err or "no state_dict" in err)
 
@@ -75,19 +66,19 @@ def test_truncated_checkpoint_is_named(probe_env, tmp_path, capsys):
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     assert "w" in read_checkpoint(whole)["state_dict"]
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
                                     "name=cut_init", "stage=instruct", f"init_from={cut}"])
     assert "cut.ckpt cannot be read" in err
 
 
 def test_file_store_tracking_uri_is_refused(probe_env, tmp_path, capsys):
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
                                     "name=file_store", "trainer.max_steps=1", f"mlflow.tracking_uri=file://{tmp_path}"])
     assert "file store is off" in err
 
 
 def test_bare_train_asks_for_an_experiment_file(capsys):
-    err = _one_line_exit_2(capsys, ["train"])
+    err = one_line_exit_2(capsys, ["train"])
     assert "needs an experiment file" in err
 
 
@@ -154,7 +145,7 @@ def test_hf_folder_whose_weights_do_not_match_its_config_is_one_line(probe_env, 
     cfg = json.loads((bad / "config.json").read_text())
     cfg["num_hidden_layers"] += 1
     (bad / "config.json").write_text(json.dumps(cfg))
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
                                     "name=bad_hf", f"model.llm.path={bad}", "trainer.max_steps=1"])
     assert f"is missing from LLM checkpoint {bad}" in err
 
@@ -171,12 +162,12 @@ def test_export_whose_weights_do_not_match_its_config_is_one_line(probe_env, tmp
                          {"template": "probe", "image_placement": "marker"})
     text = (folder / "config.yaml").read_text()
     (folder / "config.yaml").write_text(text.replace("projector_depth: 2", "projector_depth: 3"))
-    err = _one_line_exit_2(capsys, ["eval", str(folder), "benchmarks=[probe]", "--no-mlflow"])
+    err = one_line_exit_2(capsys, ["eval", str(folder), "benchmarks=[probe]", "--no-mlflow"])
     assert "model.safetensors (against its config.yaml)" in err and "projector.net.4.weight" in err
 
 
 def test_unreachable_tracking_server_is_one_line_before_training(probe_env, capsys):
-    err = _one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
+    err = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", *probe_env["overrides"],
                                     "name=no_server", "trainer.max_steps=1", "mlflow.tracking_uri=http://127.0.0.1:9"])
     assert "http://127.0.0.1:9: no MLflow server answers there" in err and "make mlflow-ui" in err
 
@@ -188,7 +179,7 @@ def test_unreachable_tracking_server_is_one_line_before_training(probe_env, caps
 def test_unreachable_study_storage_is_one_line_before_any_trial(probe_env, tmp_path, capsys, storage, expected):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(Path("sweeps/weight_reuse.yaml").read_text() + f"\nstorage: {storage}\n")
-    err = _one_line_exit_2(capsys, ["sweep", str(sweep), *probe_env["overrides"], "--out-dir", str(tmp_path)])
+    err = one_line_exit_2(capsys, ["sweep", str(sweep), *probe_env["overrides"], "--out-dir", str(tmp_path)])
     assert expected in err
     assert not (tmp_path / "weight_reuse" / "runs").exists()  # no trial started
 
@@ -205,12 +196,12 @@ def test_a_gpu_config_on_a_machine_without_enough_gpus_is_one_line(probe_env, tm
                 f"out_dir={tmp_path}"]
     else:
         argv = ["sweep", "sweeps/weight_reuse.yaml", *probe_env["overrides"], *gpu, "--out-dir", str(tmp_path)]
-    err = _one_line_exit_2(capsys, argv)
+    err = one_line_exit_2(capsys, argv)
     assert "trainer.accelerator=gpu with trainer.devices=2, but this machine has 1 CUDA device(s)" in err
     assert "trainer.accelerator=cpu" in err
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "weight_reuse" / "runs").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert "has 0 CUDA device(s)" in _one_line_exit_2(capsys, argv)
+    assert "has 0 CUDA device(s)" in one_line_exit_2(capsys, argv)
 
 
 def test_eval_help_lists_every_benchmark_and_its_default_file(capsys):
