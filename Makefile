@@ -18,6 +18,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports  # the layers of pyproject.toml [tool.importlinter]
 
 demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m eelight.demo $(ARGS)

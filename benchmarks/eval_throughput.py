@@ -20,7 +20,7 @@ from eelight.data.text import template
 from eelight.eval.mmbench import ROTATION, MMBench
 from eelight.eval.runner import Asker, generate_answers, likelihood_answers
 from eelight.eval.seed import SeedBench
-from eelight.eval.target import load_target
+from eelight.evaluate.target import load_target
 
 ROOT = "data/probe/benchmarks"
 

@@ -24,9 +24,10 @@ from eelight.errors import UserError, one_line
 
 
 def _train(args: argparse.Namespace) -> None:
+    from eelight.errors import ConfigError
     from eelight.sweeps.pruning import pruning_from_env
     from eelight.sweeps.stage_process import die_with_worker
-    from eelight.training.config import ConfigError, load_run_config
+    from eelight.training.config import load_run_config
     from eelight.training.run import train
 
     die_with_worker()
@@ -103,7 +104,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from eelight.export import best_trial_export
+    from eelight.sweeps.best import best_trial_export
     from eelight.sweeps.config import load_sweep
 
     sweep = _with_out_dir(load_sweep(_sweep_file(args.study), args.overrides), args)
@@ -111,7 +112,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from eelight.eval.command import main
+    from eelight.evaluate.command import main
 
     main(args.target, args.overrides, out=args.out, log=not args.no_mlflow)
 

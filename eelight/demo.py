@@ -60,7 +60,7 @@ def main(overrides: list[str] | None = None) -> dict:
           f"({time.perf_counter() - start:.0f}s)", flush=True)
     instruct = train(instruct_cfg)
 
-    from eelight.eval.command import main as evaluate
+    from eelight.evaluate.command import main as evaluate
     print(f"\n[demo] held-out probe ({EVAL_IMAGES} scenes of each family) through each benchmark's path "
           f"({time.perf_counter() - start:.0f}s so far); chance: {_chance()}", flush=True)
     scores = evaluate(str(instruct_cfg.run_dir), [f"benchmarks=[{','.join(BENCHMARKS)}]",

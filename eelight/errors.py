@@ -12,6 +12,10 @@ class UserError(Exception):
     """A mistake in what the user gave; the message names it and the fix, on one line."""
 
 
+class ConfigError(UserError, ValueError):
+    """A bad key or value in a run or sweep config; the message is one line naming it."""
+
+
 class CheckpointError(UserError, ValueError):
     """Weights that do not fit the model (an HF folder, a stage checkpoint, an export), or a file
     that is not a checkpoint: names the file, the key and the fix. Raised by the one strict
@@ -25,6 +29,11 @@ def one_line(exn: BaseException) -> str:
     if len(lines) > 1 and any(line.startswith("Original Traceback") for line in lines):
         return lines[-1].split(": ", 1)[-1]
     return " ".join(line.strip() for line in lines)
+
+
+def first_line(exn: BaseException) -> str:
+    """The first line of a message that spans lines (OmegaConf's: full_key, object_type ...)."""
+    return (str(exn).strip().splitlines() or [type(exn).__name__])[0]
 
 
 def run_script(main: Callable[[], None], prog: str) -> None:

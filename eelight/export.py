@@ -78,31 +78,3 @@ def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     from eelight.models.mllm import MLLM
 
     return MLLM.from_pretrained(folder, overrides)
-
-
-def best_trial(sweep):
-    """The study's best complete trial (Optuna's FrozenTrial); raises if none completed."""
-    import optuna
-
-    from eelight.sweeps.runner import make_storage
-
-    study = optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
-    return study.best_trial
-
-
-def best_trial_export(sweep, out: str | Path, register_as: str | None = None) -> dict[str, Any]:
-    """Export the study's best trial (and optionally register it in the model registry)."""
-    best = best_trial(sweep)
-    ckpt = Path(best.user_attrs["checkpoint"])
-    card = {"title": f"{sweep.name} trial {best.number}", "metrics": {sweep.objective.metric: best.value,
-            **{k: v for k, v in best.user_attrs.get("metrics", {}).items()}},
-            "stages": " -> ".join(sweep.stages), "source": f"sweep {sweep.name}, params {json.dumps(best.params)}"}
-    folder = export_model(ckpt.parent / "config.yaml", ckpt, out, card)
-    result: dict[str, Any] = {"trial": best.number, "value": best.value, "folder": str(folder)}
-    if register_as:
-        from eelight.tracking import Tracking, register_model
-
-        uri = Tracking.of_sweep(sweep).uri
-        version = register_model(folder, register_as, uri, best.user_attrs["mlflow_run_id"])
-        result["registered"] = {"name": register_as, "version": version.version}
-    return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
@@ -59,3 +60,26 @@ def signature():
 
     example = pd.DataFrame({"image": ["image.png"], "prompt": ["what colour is it ?"]})
     return infer_signature(example, ["an answer"], params={"template": "", "image_placement": "", "max_new_tokens": 16})
+
+
+def register_model(folder: str | Path, name: str, uri: str, run_id: str) -> Any:
+    """Register an export folder in the model registry as a pyfunc model, logged under
+    `run_id`; returns the model version. Load it back with
+    `mlflow.set_tracking_uri(uri); mlflow.pyfunc.load_model("models:/NAME/VERSION")`."""
+    import os
+    import warnings
+    from unittest import mock
+
+    import mlflow
+
+    # MLflow's "models from code": the file, never imported here (it imports this module).
+    code = Path(__file__).with_name("mlflow_model_code.py")
+    mlflow.set_tracking_uri(uri)
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # else a bar per file copied
+    with warnings.catch_warnings(), mock.patch.dict(os.environ, quiet), mlflow.start_run(run_id=run_id):
+        # Harmless here: the signature is given, and an input example would need an image file.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                       signature=signature(), artifacts={"model_dir": str(folder)},
+                                       pip_requirements=["eelight"])
+        return mlflow.register_model(info.model_uri, name)

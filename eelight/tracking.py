@@ -1,12 +1,11 @@
 """Every MLflow call eelight makes: where runs go, runs and their nesting, states, params,
-metrics, artifacts, and the model registry (docs/DESIGN.md §5).
+metrics and artifacts (docs/DESIGN.md §5; the model registry: `mlflow_pyfunc.register_model`).
 
 - `tracking_uri(cfg)`: the store of a run config (a SQLite file under ./mlruns by default);
 - `Tracking`: one store's client: experiments, runs nested by the `mlflow.parentRunId` tag
   (so nesting never depends on one process), params in batches, a run's end state;
 - `lightning_logger(cfg)`: Lightning's `MLFlowLogger` for a training stage (a sweep trial's
   stages log into the trial's run, which only the trial ends);
-- `register_model`: an export folder as a pyfunc model in the registry.
 
 A sweep trial's run ends in the state Optuna gives the trial: COMPLETE -> FINISHED, PRUNED ->
 KILLED, FAIL -> FAILED (with the reason), also when its worker died (`runner._StaleTrial`).
@@ -18,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from eelight.training.config import ConfigError
+from eelight.errors import ConfigError
 
 RUN_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}  # Optuna trial -> MLflow run
 EXPERIMENT_KIND = "mlflow.experimentKind"  # read by MLflow's UI to pick the experiment's default view
@@ -91,13 +90,6 @@ class Tracking:
     def of(cls, cfg) -> Tracking:
         """The store of a RunConfig."""
         return cls(*tracking_uri(cfg))
-
-    @classmethod
-    def of_sweep(cls, sweep) -> Tracking:
-        """The store of a sweep's base experiment."""
-        from eelight.training.config import load_run_config
-
-        return cls.of(load_run_config(sweep.experiment, sweep.overrides))
 
     def experiment(self, name: str) -> str:
         """The id of the experiment `name`, created (with this store's artifact location) if new,
@@ -196,27 +188,3 @@ def log_stage_files(logger, files: list[Path], checkpoint: str, prefix: str) -> 
     tracking = Tracking(logger._tracking_uri)
     tracking.log_files(logger.run_id, files, artifact_path=prefix or None)
     tracking.set_tags(logger.run_id, {"checkpoint": checkpoint})
-
-
-def register_model(folder: str | Path, name: str, uri: str, run_id: str) -> Any:
-    """Register an export folder in the model registry as a pyfunc model, logged under
-    `run_id`; returns the model version. Load it back with
-    `mlflow.set_tracking_uri(uri); mlflow.pyfunc.load_model("models:/NAME/VERSION")`."""
-    import os
-    import warnings
-    from unittest import mock
-
-    import mlflow
-
-    from eelight import mlflow_model_code
-    from eelight.mlflow_pyfunc import signature
-
-    mlflow.set_tracking_uri(uri)
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # else a bar per file copied
-    with warnings.catch_warnings(), mock.patch.dict(os.environ, quiet), mlflow.start_run(run_id=run_id):
-        # Harmless here: the signature is given, and an input example would need an image file.
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        info = mlflow.pyfunc.log_model(name="model", python_model=mlflow_model_code.__file__,
-                                       signature=signature(), artifacts={"model_dir": str(folder)},
-                                       pip_requirements=["eelight"])
-        return mlflow.register_model(info.model_uri, name)

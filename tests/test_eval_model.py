@@ -63,7 +63,7 @@ def _seed_files(tmp_path):
 def test_seed_likelihood_picks_what_the_model_was_taught_and_generation_agrees(tmp_path):
     from PIL import Image
 
-    from eelight.eval.prompts import LETTERS, multiple_choice
+    from eelight.data.prompts import LETTERS, multiple_choice
 
     model, tok, processor = tiny_export_parts(tmp_path, "ee_mllm")
     file, images, questions = _seed_files(tmp_path)
@@ -96,8 +96,8 @@ def test_seed_likelihood_picks_what_the_model_was_taught_and_generation_agrees(t
 
 
 def test_ee_mllm_f_on_a_llava_checkpoint_runs_and_differs(tmp_path):
-    from eelight.eval.command import main
-    from eelight.eval.target import load_target
+    from eelight.evaluate.command import main
+    from eelight.evaluate.target import load_target
 
     folder = save_tiny_export(tmp_path / "llava_export", "llava")
     files = probe_benchmark_files(tmp_path)
@@ -123,7 +123,7 @@ def test_ee_mllm_f_on_a_llava_checkpoint_runs_and_differs(tmp_path):
 def test_eval_of_a_run_folder_logs_to_its_mlflow_run(probe_env, tmp_path):
     import mlflow
 
-    from eelight.eval.command import main
+    from eelight.evaluate.command import main
     from eelight.training.config import load_run_config
     from eelight.training.run import train
 

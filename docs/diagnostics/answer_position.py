@@ -19,7 +19,7 @@ from eelight.data.families import scene
 from eelight.data.image import FastImageTransform
 from eelight.data.text import template
 from eelight.eval.runner import Asker
-from eelight.eval.target import load_target
+from eelight.evaluate.target import load_target
 
 
 def last_token_states(run: str, kind: str, n: int = 600) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from eelight.data.probe import COLOURS, NUMBERS, PLURAL, SHAPES, probe_item, shape
-from eelight.data.probe import draw as draw_attribute
+from eelight.data.scenes import COLOURS, NUMBERS, PLURAL, SHAPES, probe_item, shape
+from eelight.data.scenes import draw as draw_attribute
 
 BACKGROUND = (245, 245, 245)
 NUMBERS9 = (*NUMBERS, "five", "six", "seven", "eight", "nine")
@@ -64,7 +64,7 @@ def _noun(kind: str, n: int) -> str:
 
 def attribute(rng: random.Random, size: int) -> Scene:
     item = probe_item(rng.randrange(1 << 30), rng.randrange(1 << 30))
-    from eelight.data.probe import ANSWERS, QUESTIONS
+    from eelight.data.scenes import ANSWERS, QUESTIONS
 
     questions = [Question(k, QUESTIONS[k], item.answer(k), tuple(ANSWERS[k])) for k in sorted(QUESTIONS)]
     facts = {"shape": item.shape, "colour": item.colour, "position": item.position, "count": item.count}
@@ -217,7 +217,7 @@ def family_words() -> list[str]:
 def options(q: Question, rng: random.Random) -> dict[str, str]:
     """Multiple-choice options, letter -> text: the whole answer space in a random order when it
     has at most 4 answers, else the answer and 3 others."""
-    from eelight.eval.prompts import LETTERS
+    from eelight.data.prompts import LETTERS
 
     if len(q.space) <= len(LETTERS):
         shown = rng.sample(q.space, len(q.space))
@@ -227,8 +227,8 @@ def options(q: Question, rng: random.Random) -> dict[str, str]:
 
 
 def ask(q: Question, form: str, rng: random.Random) -> str:
-    """The question in one of the forms of `eelight.eval.prompts` (plain, short, choice)."""
-    from eelight.eval.prompts import multiple_choice, short_answer
+    """The question in one of the forms of `eelight.data.prompts` (plain, short, choice)."""
+    from eelight.data.prompts import multiple_choice, short_answer
 
     if form == "plain":
         return q.text
@@ -241,7 +241,7 @@ def conversation(s: Scene, rng: random.Random, n_turns: int = 2) -> list[dict[st
     """LLaVA-style turns: up to n_turns of the scene's questions, each in a random form, answered
     with the answer's text (also for multiple choice: see `eelight.data.probe`); the image
     marker opens the first question."""
-    from eelight.data.probe import FORMS
+    from eelight.data.scenes import FORMS
 
     turns = []
     for i, q in enumerate(rng.sample(s.questions, min(n_turns, len(s.questions)))):

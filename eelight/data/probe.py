@@ -9,7 +9,7 @@ The `attribute` family is the original probe: `count` copies (1-4) of one shape 
 colour in one quadrant, asked its shape, colour, position and count (4 answers each).
 
 Each question is asked in one of three forms (`FORMS`), the formats `eelight eval`
-asks the benchmarks in (`eelight.eval.prompts`, as LLaVA-1.5's training mixture does):
+asks the benchmarks in (`eelight.data.prompts`, as LLaVA-1.5's training mixture does):
 plain, short answer (TextVQA/DocVQA) and multiple choice with the options in a
 random order (MMBench/SEED-Bench). So a probe model can be scored through every
 benchmark's path (`data_pipelines/probe_benchmarks.py`).
@@ -26,87 +26,31 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
-
-SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
-POSITIONS = {"top left": (0, 0), "top right": (1, 0), "bottom left": (0, 1), "bottom right": (1, 1)}
-NUMBERS = ("one", "two", "three", "four")
-PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
-
-QUESTIONS = {
-    "shape": "what shape is in the image ?",
-    "colour": "what colour are the shapes ?",
-    "position": "where are the shapes ?",
-    "count": "how many shapes are there ?",
-}
-CHANCE = {kind: 0.25 for kind in QUESTIONS}
-ANSWERS = {"shape": list(SHAPES), "colour": sorted(COLOURS), "position": sorted(POSITIONS), "count": list(NUMBERS)}
-FORMS = ("plain", "short", "choice")
-VERSION = 9  # bump when what the generator writes changes: cached probes and backbones are rebuilt
-
-
-@dataclass(frozen=True)
-class ProbeItem:
-    shape: str
-    colour: str
-    position: str
-    count: int
-    seed: int
-
-    def answer(self, kind: str) -> str:
-        return {"shape": self.shape, "colour": self.colour, "position": self.position,
-                "count": NUMBERS[self.count - 1]}[kind]
-
-    def caption(self) -> str:
-        noun = self.shape if self.count == 1 else PLURAL[self.shape]
-        return f"{NUMBERS[self.count - 1]} {self.colour} {noun} at the {self.position}"
-
-def probe_item(index: int, seed: int) -> ProbeItem:
-    rng = random.Random(seed * 1_000_003 + index)
-    return ProbeItem(
-        shape=rng.choice(SHAPES), colour=rng.choice(sorted(COLOURS)), position=rng.choice(sorted(POSITIONS)),
-        count=rng.randint(1, 4), seed=rng.randrange(1 << 30),
-    )
-
-
-def shape(pen: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
-    """One filled shape inside the square box (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = box
-    r = x1 - x0
-    if kind == "circle":
-        pen.ellipse(box, fill=colour)
-    elif kind == "square":
-        pen.rectangle(box, fill=colour)
-    elif kind == "triangle":
-        pen.polygon([(x0 + r // 2, y0), (x0, y1), (x1, y1)], fill=colour)
-    else:  # cross
-        w = max(r // 4, 1)
-        pen.rectangle((x0 + r // 2 - w, y0, x0 + r // 2 + w, y1), fill=colour)
-        pen.rectangle((x0, y0 + r // 2 - w, x1, y0 + r // 2 + w), fill=colour)
-
-
-def draw(item: ProbeItem, size: int = 64) -> Image.Image:
-    """The item's image: `count` shapes in the 2x2 cells of its quadrant, with jitter."""
-    rng = random.Random(item.seed)
-    image = Image.new("RGB", (size, size), (245, 245, 245))
-    pen = ImageDraw.Draw(image)
-    qx, qy = POSITIONS[item.position]
-    cell = size // 4
-    for c in rng.sample(range(4), item.count):
-        x0 = (qx * 2 + c % 2) * cell + rng.randint(0, max(cell // 8, 1))
-        y0 = (qy * 2 + c // 2) * cell + rng.randint(0, max(cell // 8, 1))
-        r = int(cell * 0.8)
-        shape(pen, item.shape, (x0, y0, x0 + r, y0 + r), COLOURS[item.colour])
-    return image
+# The scene primitives live in `scenes` (families draw with them); named here too, where
+# callers have always found them.
+from eelight.data.scenes import (  # noqa: F401
+    ANSWERS,
+    CHANCE,
+    COLOURS,
+    FORMS,
+    NUMBERS,
+    PLURAL,
+    POSITIONS,
+    QUESTIONS,
+    SHAPES,
+    VERSION,
+    ProbeItem,
+    draw,
+    probe_item,
+    shape,
+)
 
 
 def corpus_words() -> list[str]:
     """Every word a caption, question or answer can use (for the word-level tokenizer)."""
     from eelight.data.families import family_words
-    from eelight.eval.prompts import words as prompt_words
+    from eelight.data.prompts import words as prompt_words
 
     words = set(SHAPES) | set(PLURAL.values()) | set(COLOURS) | set(NUMBERS) | {"at", "the"} | set(prompt_words())
     for text in list(QUESTIONS.values()) + list(POSITIONS):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eelight.data.prompts import short_answer
 from eelight.eval.base import BenchmarkError, Evaluator, Item, Scored, required
 from eelight.eval.metrics import anls
-from eelight.eval.prompts import short_answer
 
 FIELDS = ("questionId", "question", "image", "answers")
 

@@ -15,9 +15,9 @@ import binascii
 import csv
 from pathlib import Path
 
+from eelight.data.prompts import LETTERS, multiple_choice
 from eelight.eval.base import BenchmarkError, Evaluator, Item, Scored, required
 from eelight.eval.metrics import CategoryScore, parse_option
-from eelight.eval.prompts import LETTERS, multiple_choice
 
 ROTATION = 1_000_000
 COLUMNS = ("index", "question", "A", "B", "answer", "image")

@@ -10,9 +10,9 @@ Accuracy overall and per question type.
 
 from __future__ import annotations
 
+from eelight.data.prompts import LETTERS, multiple_choice
 from eelight.eval.base import BenchmarkError, Evaluator, Item, Scored, required
 from eelight.eval.metrics import parse_option
-from eelight.eval.prompts import LETTERS, multiple_choice
 
 IMAGE_TYPES = range(1, 10)
 FIELDS = ("question_id", "question_type_id", "data_id", "question", "answer",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eelight.data.prompts import short_answer
 from eelight.eval.base import BenchmarkError, Evaluator, Item, Scored, required
 from eelight.eval.metrics import normalize_vqa, vqa_accuracy
-from eelight.eval.prompts import short_answer
 
 FIELDS = ("question_id", "image_id", "question", "answers")
 

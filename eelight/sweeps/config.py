@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eelight.config_rules import SEED_MAX, above, at_least, between, check_fields, nonempty, one_of
-from eelight.training.config import STAGES, ConfigError, _one_line, load_run_config, load_yaml
+from eelight.errors import ConfigError, first_line
+from eelight.training.config import STAGES, load_run_config, load_yaml
 
 TYPES = ("grid", "categorical", "int", "float")
 SAMPLERS = ("tpe", "random")
@@ -176,8 +177,8 @@ def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> 
         raise ConfigError(f"sweep file not found: {path}") from exn
     except OmegaConfBaseException as exn:
         key = getattr(exn, "full_key", None)
-        raise ConfigError(f"sweep file {path}: bad key {key!r}: {_one_line(exn)}" if key
-                          else f"sweep file {path}: {_one_line(exn)}") from exn
+        raise ConfigError(f"sweep file {path}: bad key {key!r}: {first_line(exn)}" if key
+                          else f"sweep file {path}: {first_line(exn)}") from exn
     assert isinstance(sweep, SweepConfig)
     sweep.overrides = list(sweep.overrides) + list(extra_overrides)
     # the command line's overrides win over a stage's own too (`make sweep ARGS=trainer.max_steps=5`)

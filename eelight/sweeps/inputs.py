@@ -16,8 +16,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from eelight.errors import ConfigError
 from eelight.sweeps.config import SweepConfig
-from eelight.training.config import ConfigError, RunConfig, load_run_config
+from eelight.training.config import RunConfig, load_run_config
 
 REMOTE = ("pipe:", "http://", "https://", "gs://", "s3://")
 

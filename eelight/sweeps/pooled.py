@@ -97,7 +97,7 @@ def write_pooled_report(sweep: SweepConfig, files: list[str], study=None) -> Pat
     """This study's trials and the `files`' (trials.csv of earlier runs), analysed together."""
     import optuna
 
-    from eelight.sweeps.runner import make_storage
+    from eelight.sweeps.storage import make_storage
 
     others = [read_trials(f, sweep.objective.metric) for f in files]  # a bad file fails before the study is opened
     study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))

@@ -54,7 +54,7 @@ def pruning_from_env() -> list[L.Callback]:
     import optuna
     from optuna.trial import Trial
 
-    from eelight.sweeps.runner import make_pruner, open_storage
+    from eelight.sweeps.storage import make_pruner, open_storage
 
     s = json.loads(spec)
     study = optuna.load_study(study_name=s["study"], storage=open_storage(s["storage"]),

@@ -310,7 +310,7 @@ def write_report(sweep: SweepConfig, study=None) -> Path:
     """Write the tables and plots for the sweep's study; log them to its parent run."""
     import optuna
 
-    from eelight.sweeps.runner import make_storage
+    from eelight.sweeps.storage import make_storage
 
     study = study or optuna.load_study(study_name=sweep.name, storage=make_storage(sweep))
     rows = trial_rows(study)
@@ -326,7 +326,7 @@ def write_files(sweep: SweepConfig, rows: list[dict[str, Any]], folder: str, ren
                 parent: str | None) -> Path:
     """trials.csv, summary.md (`render`) and the figures of `rows` in sweeps_out/<name>/<folder>/,
     also under the parent run's artifacts `<folder>/`."""
-    from eelight.tracking import Tracking
+    from eelight.sweeps.storage import sweep_tracking
 
     out = Path(sweep.out_dir, sweep.name, folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,6 +337,6 @@ def write_files(sweep: SweepConfig, rows: list[dict[str, Any]], folder: str, ren
     for name in FIGURES - {p.name for p in figures}:  # a figure this sweep does not support must not linger
         (out / name).unlink(missing_ok=True)  # (two workers may write the report at once: never delete theirs)
     if parent:
-        Tracking.of_sweep(sweep).log_files(parent, [out / "trials.csv", out / "summary.md", *figures],
+        sweep_tracking(sweep).log_files(parent, [out / "trials.csv", out / "summary.md", *figures],
                                            artifact_path=folder)
     return out

@@ -23,69 +23,22 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from eelight.errors import ConfigError
 from eelight.sweeps.config import SweepConfig, data_fingerprint, point_key
-from eelight.tracking import Tracking, runs_url
-from eelight.training.config import ConfigError
+from eelight.sweeps.storage import (
+    GRACE_S,
+    HEARTBEAT_S,
+    has_heartbeat,
+    make_pruner,
+    make_storage,
+    sweep_tracking,
+)
+from eelight.tracking import runs_url
 
-HEARTBEAT_S, GRACE_S = 2, 8
 # We send heartbeats ourselves around ask/tell (see _Heartbeat), which Optuna warns about.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 warnings.filterwarnings("ignore", message=".*failed_trial_callback.*")
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*")
-
-
-def storage_url(sweep: SweepConfig) -> str:
-    """The study's storage: `sweep.storage` (an RDB URL, or `journal:PATH` for Optuna's
-    JournalStorage on a file), else a SQLite file under out_dir/<name>/."""
-    if sweep.storage:
-        return sweep.storage
-    folder = Path(sweep.out_dir, sweep.name).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder}/study.db"
-
-
-JOURNAL = "journal:"
-
-
-def make_storage(sweep: SweepConfig, failed_trial_callback=None):
-    """An Optuna storage object for the sweep (`open_storage` of its `storage_url`)."""
-    return open_storage(storage_url(sweep), failed_trial_callback)
-
-
-def open_storage(url: str, failed_trial_callback=None):
-    """An Optuna storage object. `journal:PATH`: JournalStorage on a file (no database server;
-    file locks, so it works on a shared filesystem where SQLite does not). Optuna gives
-    JournalStorage no heartbeats: a killed worker's trial stays RUNNING and is not retried (use
-    an RDB storage where workers get preempted)."""
-    from optuna.storages import RDBStorage
-
-    if url.startswith(JOURNAL):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url.removeprefix(JOURNAL)).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    # A server that does not answer must fail in seconds, not after the TCP timeout.
-    engine = {"connect_args": {"connect_timeout": 5}} if url.startswith(("postgresql", "mysql")) else {}
-    try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=failed_trial_callback)
-    except ImportError as exn:
-        raise ConfigError(f"storage {url}: its database driver is not installed ({exn}); for PostgreSQL: "
-                          "pip install 'eelight[postgres]'") from exn
-    except Exception as exn:  # SQLAlchemy's OperationalError / ArgumentError: the URL or the server
-        if type(exn).__module__.split(".")[0] != "sqlalchemy":
-            raise
-        reason = str(getattr(exn, "orig", None) or exn).strip().splitlines()[0]
-        raise ConfigError(f"storage {url}: cannot open the study's database ({reason}); start its "
-                          "database server or fix the sweep file's `storage:` URL") from exn
-
-
-def has_heartbeat(storage) -> bool:
-    from optuna.storages._heartbeat import BaseHeartbeat
-
-    return isinstance(storage, BaseHeartbeat)
 
 
 @contextmanager
@@ -108,18 +61,10 @@ class _StaleTrial:
     def __call__(self, study, trial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            Tracking.of_sweep(self.sweep).end_trial_run(
+            sweep_tracking(self.sweep).end_trial_run(
                 run_id, "FAIL", error=f"the worker running trial {trial.number} stopped (no heartbeat for "
                                       f"{GRACE_S} s: killed, preempted or crashed); its point is run again")
         self.retry(study, trial)
-
-
-def make_pruner(kind: str):
-    """The Optuna pruner a sweep file's `pruner:` names (the pruner is not stored with the study:
-    every process that prunes builds its own)."""
-    import optuna
-
-    return optuna.pruners.MedianPruner(n_startup_trials=2) if kind == "median" else optuna.pruners.NopPruner()
 
 
 def open_study(sweep: SweepConfig):
@@ -163,7 +108,7 @@ def _check_same_data(sweep: SweepConfig, study) -> None:
 def _create_parent_run(sweep: SweepConfig) -> str:
     """The study's MLflow run (in the experiment named after the sweep), created once per study:
     its id is kept in the study's user attributes, so every worker nests its trials under it."""
-    tracking = Tracking.of_sweep(sweep)
+    tracking = sweep_tracking(sweep)
     run_id = tracking.start_run(sweep.name, f"{sweep.name}-study", tags={"sweep": sweep.name, "sweep.role": "study"})
     tracking.log_params(run_id, {"objective": sweep.objective.metric, "grid_points": len(sweep.grid_points())})
     return run_id
@@ -226,7 +171,7 @@ def _fail_stopped_trial(study, trial, sweep: SweepConfig, stop: WorkerStopped) -
     trial.set_user_attr("error", reason)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
-        Tracking.of_sweep(sweep).end_trial_run(run_id, "FAIL", error=reason)
+        sweep_tracking(sweep).end_trial_run(run_id, "FAIL", error=reason)
     point = trial.user_attrs.get("point")
     if point is not None:
         study.enqueue_trial({k: v for k, v in point.items() if k != "repeat"},
@@ -293,7 +238,7 @@ def run_worker(sweep: SweepConfig, max_trials: int | None = None) -> dict[str, A
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         print(progress_line(study, sweep, trial.number, state.name, value, time.perf_counter() - start),
               file=sys.stderr, flush=True)
-    tracking = Tracking.of_sweep(sweep)
+    tracking = sweep_tracking(sweep)
     _summarise(study, tracking, parent)
     # The runs table sorted best first:
     url = runs_url(tracking.uri, tracking.experiment(sweep.name), ascending=sweep.objective.direction == "minimize")
@@ -325,7 +270,7 @@ def progress_line(study, sweep: SweepConfig, number: int, state: str, value: flo
     return line + f"; {len({t.user_attrs['grid_point'] for t in done})}/{len(sweep.grid_points())} points done"
 
 
-def _summarise(study, tracking: Tracking, parent: str) -> None:
+def _summarise(study, tracking, parent: str) -> None:
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

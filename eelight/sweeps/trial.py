@@ -49,8 +49,8 @@ def train_stage(cfg, trial, sweep: SweepConfig, prune: bool) -> dict[str, Any]:
     """One stage of a trial: in this process on one device; on several, in a child process
     (`sweeps/stage_process.py`). `prune`: the objective is reported to the trial's pruner."""
     from eelight.sweeps.pruning import OptunaPruning, trial_spec
-    from eelight.sweeps.runner import storage_url
     from eelight.sweeps.stage_process import run_stage_process
+    from eelight.sweeps.storage import storage_url
     from eelight.training.distributed import world_size
     from eelight.training.run import train
 
@@ -68,7 +68,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
 
     from eelight.eval.cost import forward_cost
     from eelight.models.hf_loading import resolve_model
-    from eelight.tracking import Tracking
+    from eelight.sweeps.storage import sweep_tracking
 
     point = trial.user_attrs["point"]
     sampled = suggest_overrides(trial, sweep)
@@ -78,7 +78,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     last = sweep.stages[-1]
     yamls = {s: sweep.experiment + sweep.stage_configs.get(s, []) for s in sweep.stages}
     final_cfg = load_run_config(yamls[last], base + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
-    tracking = Tracking.of_sweep(sweep)
+    tracking = sweep_tracking(sweep)
     run_id = tracking.start_run(sweep.name, trial_label(point, trial.number), tags={
         "run_dir": f"{sweep.out_dir}/{sweep.name}/runs/{name}", "sweep": sweep.name,
         "optuna.trial": str(trial.number), "grid_point": trial.user_attrs["grid_point"]}, parent=parent_run_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from eelight.config_rules import at_least, between, check_fields, nonempty, one_of, seed_field
 from eelight.data.text import PLACEMENTS
-from eelight.errors import UserError
+from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
 from eelight.models.config import ModelConfig, model_config
 
@@ -22,10 +22,6 @@ STAGES = ("align", "instruct")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")
-
-
-class ConfigError(UserError, ValueError):
-    """A bad key or value in a run config; the message is one line naming it."""
 
 
 @dataclass
@@ -115,11 +111,6 @@ class RunConfig:
         return Path(self.out_dir) / self.name / self.stage
 
 
-def _one_line(exn: Exception) -> str:
-    """OmegaConf messages span lines (full_key, object_type ...): keep the first."""
-    return str(exn).strip().splitlines()[0]
-
-
 def load_yaml(path: str) -> Any:
     """A YAML file as an OmegaConf node; a syntax error names the file and the line."""
     import yaml
@@ -167,17 +158,17 @@ def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: lis
                 merged = OmegaConf.merge(merged, layer)
             except OmegaConfBaseException as exn:
                 key = getattr(exn, "full_key", None)
-                raise ConfigError(f"{source}: bad config key {key!r}: {_one_line(exn)}" if key
-                                  else f"{source}: {_one_line(exn)}") from exn
+                raise ConfigError(f"{source}: bad config key {key!r}: {first_line(exn)}" if key
+                                  else f"{source}: {first_line(exn)}") from exn
         cfg = OmegaConf.to_object(merged)
     except FileNotFoundError as exn:
         raise ConfigError(f"config file not found: {exn.filename}") from exn
     except OmegaConfBaseException as exn:
         key = getattr(exn, "full_key", None)
-        raise ConfigError(f"bad config key {key!r}: {_one_line(exn)}" if key else _one_line(exn)) from exn
+        raise ConfigError(f"bad config key {key!r}: {first_line(exn)}" if key else first_line(exn)) from exn
     except ValueError as exn:
         origin = f" (config: {' + '.join(sources if overrides else sources[:-1])})" if yaml_paths else ""
-        raise ConfigError(_one_line(exn) + origin) from exn
+        raise ConfigError(first_line(exn) + origin) from exn
     assert isinstance(cfg, RunConfig)
     return cfg
 

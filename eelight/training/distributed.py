@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from eelight.errors import CheckpointError
+from eelight.errors import CheckpointError, ConfigError
 from eelight.safe_load import check_sharded
 from eelight.training.checkpoint import AtomicCheckpointIO, DiskFullError, read_checkpoint
-from eelight.training.config import ConfigError, TrainerConfig
+from eelight.training.config import TrainerConfig
 
 
 class AtomicModelParallelStrategy(ModelParallelStrategy):

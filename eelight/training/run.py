@@ -15,9 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eelight.errors import UserError
+from eelight.errors import ConfigError, UserError
 from eelight.training.config import (
-    ConfigError,
     RunConfig,
     flat_params,
     resume_conflicts,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
-from eelight.training.config import ConfigError, _one_line
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _eval_config(base: EvalConfig | None, overrides: list[str]) -> EvalConfig:
                                  OmegaConf.from_dotlist([o.removeprefix("eval.") for o in overrides]))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exn:
-        raise ConfigError(f"bad eval key {getattr(exn, 'full_key', '')!r}: {_one_line(exn)}") from exn
+        raise ConfigError(f"bad eval key {getattr(exn, 'full_key', '')!r}: {first_line(exn)}") from exn
 
 
 def load_target(path: str, items: list[str]) -> Target:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eelight.eval.runner import Asker, EvalResult, run_benchmark
-from eelight.eval.target import Target
+from eelight.evaluate.target import Target
 
 
 def evaluate_target(target: Target, benchmarks: list[str] | None = None) -> list[EvalResult]:
@@ -26,7 +26,7 @@ def evaluate_target(target: Target, benchmarks: list[str] | None = None) -> list
     cfg = target.eval
     names = list(benchmarks if benchmarks is not None else cfg.benchmarks)
     if not names:
-        from eelight.training.config import ConfigError
+        from eelight.errors import ConfigError
 
         raise ConfigError("no benchmark to score: pass benchmarks=[probe,mmbench,seed,textvqa,docvqa]")
     check_names(names)
@@ -97,7 +97,7 @@ def log_to_mlflow(target: Target, results: list[EvalResult], files: list[Path], 
 
 
 def main(target_path: str, items: list[str], out: str | None = None, log: bool = True) -> dict[str, Any]:
-    from eelight.eval.target import load_target
+    from eelight.evaluate.target import load_target
 
     target = load_target(target_path, items)
     results = evaluate_target(target)
