@@ -16,15 +16,16 @@ import os
 
 import lightning as L
 
+from eelight.training.callbacks import StoppingCallback
+
 TRIAL_ENV = "EELIGHT_TRIAL"  # JSON: storage URL, study name, trial id, objective metric, pruner
 
 
-class OptunaPruning(L.Callback):
+class OptunaPruning(StoppingCallback):
     """Reports the objective after each validation and stops a trial the pruner rejects."""
 
     def __init__(self, trial, metric: str) -> None:
         self.trial, self.metric = trial, metric
-        self.stop_reason: str | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.metric)

@@ -59,10 +59,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class MLLMModule(L.LightningModule):
-    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int, evaluate=None) -> None:
+    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int) -> None:
         super().__init__()
         self.model, self.stage, self.optim_cfg, self.max_steps = model, stage, optim, max_steps
-        self.evaluate = evaluate  # callable(model) -> {"<benchmark>/<metric>": value}, or None
         self.groups = parameter_groups(model, stage)
         self._last_time: float | None = None
         self._first_time: float | None = None
@@ -124,15 +123,6 @@ class MLLMModule(L.LightningModule):
         out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
                          image_offset=batch.get("image_offset"))
         self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.evaluate is None or self.trainer.sanity_checking:
-            return
-        was_training = self.model.training
-        self.model.eval()
-        for key, value in self.evaluate(self.model).items():
-            self.log(key, value, prog_bar=key.count("/") == 1, sync_dist=True)
-        self.model.train(was_training)
 
     def on_train_start(self) -> None:
         """A resumed run (`trainer.max_steps` may have been raised to train on) takes its learning

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from eelight.errors import ConfigError, UserError
+from eelight.training.callbacks import benchmark_callback, stop_reason
 from eelight.training.config import (
     RunConfig,
     flat_params,
@@ -32,30 +33,6 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 
     found = [p for p in [run_dir / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")] if p.exists()]
     return max(found, key=checkpoint_step) if found else None
-
-
-def benchmark_evaluation(cfg: RunConfig, tokenizer, processor):
-    """At the end of each validation of an instruct stage: the benchmarks in `eval.benchmarks`,
-    scored on the model being trained (metrics `<benchmark>/<metric>[/<category>]`)."""
-    if cfg.stage != "instruct" or not cfg.eval.benchmarks:
-        return None
-    from eelight.data.image import FastImageTransform
-    from eelight.data.text import template
-    from eelight.eval.registry import make_evaluator
-    from eelight.eval.runner import Asker, run_benchmark
-
-    evaluators = [make_evaluator(name, cfg.eval, cfg.data.val_shards, cfg.data.val_samples)
-                  for name in cfg.eval.benchmarks]
-    for evaluator in evaluators:
-        evaluator.load()  # a bad benchmark file stops the run before training, not after it
-
-    def evaluate(model) -> dict[str, float]:
-        tpl = template(cfg.data.template, tokenizer, cfg.data.system_prompt)
-        asker = Asker(model, tokenizer, FastImageTransform(processor), tpl, cfg.data.image_placement,
-                      cfg.eval.batch_size, cfg.eval.max_new_tokens)
-        return {k: v for e in evaluators for k, v in run_benchmark(asker, e).metrics.items()}
-
-    return evaluate
 
 
 def train(cfg: RunConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
@@ -145,38 +122,41 @@ def _killed(logger, stop, step: int, last: Path) -> None:
 
 
 def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
-    import lightning as L
-    import torch
+    """One stage, step by step: check, set up the run folder, build, fit, report."""
+    cfg = _checked(cfg)
+    resume = _prepare_run_dir(cfg)
+    parts = _build(cfg, resume)
+    logger = _logger(cfg, parts.resume_step)
+    stop = signal_callback() if not cfg.mlflow.run_id else None  # a sweep's stage: its worker handles signals
+    callbacks = [*callbacks, *parts.callbacks, *([stop] if stop else [])]
+    trainer = _trainer(cfg, logger, callbacks)
+    trainer.fit(parts.module, datamodule=parts.data, ckpt_path=str(resume) if resume else None, weights_only=True)
+    if stop is not None and stop.signum is not None:
+        _killed(logger, stop, trainer.global_step, cfg.run_dir / "last.ckpt")
+    return _report(cfg, trainer, parts, logger, stop_reason(callbacks))
 
+
+def _checked(cfg: RunConfig) -> RunConfig:
+    """What can be wrong before anything is built, named in one line; the model's sizes as
+    trained (read from its folders once: params, config.yaml and the resume check use them)."""
     from eelight.data.loader import expand_urls
-    from eelight.data.text import check_template
-    from eelight.data.tokenizer import load_tokenizer
     from eelight.models.hf_loading import resolve_model
-    from eelight.models.mllm import build_mllm
-    from eelight.models.vision import image_processor
-    from eelight.tracking import lightning_logger, log_stage_files, tracking_uri
-    from eelight.training.checkpoint import LoggedStepCheckpoint, init_from_checkpoint
-    from eelight.training.data_module import ShardDataModule
-    from eelight.training.distributed import (
-        check_devices,
-        checkpoint_plugins,
-        checkpoint_step,
-        make_strategy,
-        release_process_group,
-        shard_fraction,
-    )
-    from eelight.training.module import MLLMModule
-    from eelight.training.progress import progress_callback
+    from eelight.tracking import tracking_uri
+    from eelight.training.distributed import check_devices
 
-    check_devices(cfg.trainer)  # a GPU config on a machine without one, before anything is built
-    tracking_uri(cfg)  # a tracking URI MLflow refuses is named before anything is built
-    expand_urls(cfg.data.train_shards)  # a missing shard is named before anything is built
+    check_devices(cfg.trainer)  # a GPU config on a machine without one
+    tracking_uri(cfg)  # a tracking URI MLflow refuses
+    expand_urls(cfg.data.train_shards)  # a missing shard
     if cfg.data.val_shards:
         expand_urls(cfg.data.val_shards)
-    cfg = replace(cfg, model=resolve_model(cfg.model))  # sizes as trained: params, config.yaml, resume check
+    return replace(cfg, model=resolve_model(cfg.model))
+
+
+def _prepare_run_dir(cfg: RunConfig) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start, after forgetting a failed attempt);
+    a resume must be of the same config. Writes the run's config.yaml."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "last.ckpt"
     resume = resume_checkpoint(run_dir)
     if resume is None:
         _forget_failed_attempt(cfg)
@@ -187,9 +167,32 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
             f"with its own model, data and optimiser. Use a new name=, or delete {run_dir} to start over"
         )
     saved.write_text(to_yaml(cfg))
+    return resume
+
+
+@dataclass
+class _Parts:
+    module: Any
+    data: Any
+    callbacks: list
+    resume_step: int
+
+
+def _build(cfg: RunConfig, resume: Path | None) -> _Parts:
+    """Model (from `init_from` on a fresh start), tokenizer, data and the Lightning module."""
+    import lightning as L
+
+    from eelight.data.text import check_template
+    from eelight.data.tokenizer import load_tokenizer
+    from eelight.models.mllm import build_mllm
+    from eelight.models.vision import image_processor
+    from eelight.training.checkpoint import init_from_checkpoint
+    from eelight.training.data_module import ShardDataModule
+    from eelight.training.distributed import checkpoint_step
+    from eelight.training.module import MLLMModule
+
     resume_step = checkpoint_step(resume) if resume else 0
     L.seed_everything(cfg.seed, verbose=False)
-
     model = build_mllm(cfg.model)
     if cfg.init_from and resume is None:
         init_from_checkpoint(model, cfg.init_from)
@@ -200,52 +203,74 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
         raise ConfigError(f"{exn} (tokenizer {cfg.data.tokenizer})") from exn
     processor = image_processor(cfg.model.vision, model.vision.image_size)
     data = ShardDataModule(cfg, tokenizer, processor, cfg.data.seed + resume_step)
-    module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps,
-                        benchmark_evaluation(cfg, tokenizer, processor))
+    module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps)
+    return _Parts(module, data, benchmark_callback(cfg, tokenizer, processor), resume_step)
 
-    # Only global rank 0 touches MLflow: under srun every task starts at once, and two
-    # processes creating one SQLite store race on its schema.
+
+def _logger(cfg: RunConfig, resume_step: int):
+    """The stage's MLflow logger, on global rank 0 only (under srun every task starts at once,
+    and two processes creating one SQLite store race on its schema); params on a fresh run."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    logger = lightning_logger(cfg) if rank_zero_only.rank == 0 else False
-    if logger:
-        (run_dir / "mlflow_run_id").write_text(logger.run_id)
-        if not resume_step and not cfg.mlflow.run_id:
-            logger.log_hyperparams(flat_params(cfg))
+    from eelight.tracking import lightning_logger
+
+    if rank_zero_only.rank != 0:
+        return False
+    logger = lightning_logger(cfg)
+    (cfg.run_dir / "mlflow_run_id").write_text(logger.run_id)
+    if not resume_step and not cfg.mlflow.run_id:
+        logger.log_hyperparams(flat_params(cfg))
+    return logger
+
+
+def _trainer(cfg: RunConfig, logger, callbacks: list):
+    """Lightning's Trainer with eelight's checkpointing, strategy and progress line."""
+    import lightning as L
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from eelight.training.checkpoint import LoggedStepCheckpoint
+    from eelight.training.distributed import checkpoint_plugins, make_strategy
+    from eelight.training.progress import progress_callback
+
     t = cfg.trainer
     progress = [progress_callback(f"{cfg.name}/{cfg.stage}", t.max_steps, t.progress_every_s)
                 ] if t.progress_every_s and rank_zero_only.rank == 0 else []
-    stop = signal_callback() if not cfg.mlflow.run_id else None  # a sweep's stage: its worker handles signals
-    checkpoint = LoggedStepCheckpoint(dirpath=run_dir, filename="step{step}", save_last=True, save_top_k=0,
-                                 every_n_train_steps=t.ckpt_every_n_steps)
-    trainer = L.Trainer(
+    checkpoint = LoggedStepCheckpoint(dirpath=cfg.run_dir, filename="step{step}", save_last=True, save_top_k=0,
+                                      every_n_train_steps=t.ckpt_every_n_steps)
+    return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=make_strategy(t), precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps, logger=logger,
-        callbacks=[checkpoint, *callbacks, *progress, *([stop] if stop else [])], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
+        callbacks=[checkpoint, *callbacks, *progress], plugins=checkpoint_plugins(t), num_sanity_val_steps=0,
         limit_val_batches=0 if t.val_every_n_steps is None else None,
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
         enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
+        default_root_dir=cfg.run_dir,  # where SLURM's auto-requeue writes hpc_ckpt_N.ckpt
     )
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
-    if stop is not None and stop.signum is not None:
-        _killed(logger, stop, trainer.global_step, last)
-    # A callback that stopped the run says why (a sweep's pruner: `sweeps/pruning.py`).
-    stop_reason = next((c.stop_reason for c in callbacks if getattr(c, "stop_reason", None)), None)
+
+
+def _report(cfg: RunConfig, trainer, parts: _Parts, logger, stopped: str | None) -> dict[str, Any]:
+    """The final validation (unless a callback stopped the run), result.json, the stage's files
+    on its MLflow run; then the process group is released."""
+    import torch
+
+    from eelight.tracking import log_stage_files
+    from eelight.training.distributed import release_process_group, shard_fraction
+
+    module, run_dir = parts.module, cfg.run_dir
     metrics: dict[str, float] = {}
-    if cfg.data.val_shards and not stop_reason:
+    if cfg.data.val_shards and not stopped:
         trainer.limit_val_batches = 1.0
-        trainer.validate(module, datamodule=data, verbose=False)
+        trainer.validate(module, datamodule=parts.data, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") or k.split("/")[0] in cfg.eval.benchmarks}
     samples = trainer.strategy.reduce(torch.tensor(module.samples_trained, device=trainer.strategy.root_device),
                                       reduce_op="sum")
-    result = {"checkpoint": str(last.resolve()), "mlflow_run_id": logger.run_id if logger else None,
-              "metrics": metrics, "stop_reason": stop_reason,
-              "bad_counts": module.bad_tracker.counts, "cut_by_max_length": module.cut_samples, "global_step": trainer.global_step,
+    result = {"checkpoint": str((run_dir / "last.ckpt").resolve()), "mlflow_run_id": logger.run_id if logger else None,
+              "metrics": metrics, "stop_reason": stopped, "bad_counts": module.bad_tracker.counts,
+              "cut_by_max_length": module.cut_samples, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
-              "resumed_from_step": resume_step, "samples_per_s": module.samples_per_s,
+              "resumed_from_step": parts.resume_step, "samples_per_s": module.samples_per_s,
               "samples_trained": int(samples.item())}  # every rank's, since the start or the resume
     if trainer.is_global_zero:
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))
