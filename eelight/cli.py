@@ -134,7 +134,8 @@ def _demo(args: argparse.Namespace) -> None:
     main(args.overrides)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per verb, each calling its `_verb` function."""
     parser = argparse.ArgumentParser(prog="eelight", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
                                        help="where the study, trial runs and report live (default sweeps_out)")
         sub.choices[name].add_argument("--storage", default=None,
                                        help="the study's storage URL, instead of the sweep file's `storage:`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     # key=value overrides may come before or after options: `sweep FILE --storage URL k=v`.
     args, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):

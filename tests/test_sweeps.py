@@ -520,34 +520,6 @@ def test_the_real_scale_sweep_is_the_study_on_7b_backbones_and_check_names_its_i
     assert "model.llm.path=/models/vicuna-7b-v1.5 (no config.json there)" in proc.stderr
 
 
-def test_the_quick_control_sweep_is_the_study_at_its_largest_data_size():
-    full, quick = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_3000.yaml")
-    assert quick.data_sizes == [max(full.data_sizes)]
-    for key in ("experiment", "stages", "stage_configs", "overrides", "stage_overrides", "space", "seeds",
-                "reference", "controls", "objective"):
-        assert getattr(quick, key) == getattr(full, key), key
-
-
-def test_the_more_seeds_sweep_is_the_study_on_other_seeds():
-    full, more = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_more_seeds.yaml")
-    assert more.name != full.name and len(more.seeds) == len(full.seeds) and not set(more.seeds) & set(full.seeds)
-    for key in ("experiment", "stages", "stage_configs", "overrides", "stage_overrides", "space", "data_sizes",
-                "reference", "controls", "objective"):
-        assert getattr(more, key) == getattr(full, key), key
-
-
-def test_the_second_backbones_sweep_is_the_study_on_other_backbones():
-    full, other = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_backbones_1.yaml")
-    assert other.name != full.name
-    extra = other.overrides[len(full.overrides):]
-    assert other.overrides[:len(full.overrides)] == full.overrides
-    assert extra == ["model.llm.path=.cache/backbones_1/llm", "model.vision.path=.cache/backbones_1/vision",
-                     "data.tokenizer=.cache/backbones_1/llm"]
-    for key in ("experiment", "stages", "stage_configs", "stage_overrides", "space", "seeds", "data_sizes",
-                "reference", "controls", "objective"):
-        assert getattr(other, key) == getattr(full, key), key
-
-
 def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_line(probe_env, tmp_path):
     bench = tmp_path / "bench" / "mmbench"
     bench.mkdir(parents=True)
@@ -563,10 +535,35 @@ def test_a_failed_trial_says_why_and_a_study_without_a_complete_trial_is_one_lin
     assert "MMBench_DEV_EN.tsv" in last
 
 
-def test_the_gpu_study_is_the_study_at_the_demos_budget():
-    full, gpu = load_sweep("sweeps/data_efficiency.yaml"), load_sweep("sweeps/data_efficiency_gpu.yaml")
-    assert gpu.stage_overrides == {"align": ["trainer.max_steps=300"], "instruct": ["trainer.max_steps=700"]}
-    assert gpu.overrides[:2] == ["trainer.accelerator=gpu", "data.num_workers=2"] and gpu.overrides[2:] == full.overrides
-    for key in ("experiment", "stages", "stage_configs", "space", "seeds", "data_sizes", "reference", "controls",
-                "objective"):
-        assert getattr(gpu, key) == getattr(full, key), key
+@pytest.mark.parametrize("child, differs, trials", [
+    ("data_efficiency_3000", {"data_sizes": [3000]}, 18),
+    ("data_efficiency_more_seeds", {"seeds": [3, 4, 5]}, 72),
+    ("data_efficiency_backbones_1", {"overrides": ["model.llm.path=.cache/backbones_1/llm",
+                                                   "model.vision.path=.cache/backbones_1/vision",
+                                                   "data.tokenizer=.cache/backbones_1/llm"]}, 72),
+    ("data_efficiency_gpu", {"overrides": ["trainer.accelerator=gpu", "data.num_workers=2"],
+                             "stage_overrides": {"align": ["trainer.max_steps=300"],
+                                                 "instruct": ["trainer.max_steps=700"]}}, 72),
+])
+def test_a_sweep_file_inherits_its_base_and_resolves_to_the_expected_grid(child, differs, trials):
+    """`base: data_efficiency.yaml` + the keys that differ: every other key is the study's;
+    `overrides` are added after the base's."""
+    from dataclasses import fields
+
+    full, sweep = load_sweep("sweeps/data_efficiency.yaml"), load_sweep(f"sweeps/{child}.yaml")
+    assert sweep.name == child and len(sweep.grid_points()) == trials
+    for f in fields(sweep):
+        if f.name == "name":
+            continue
+        want = full.overrides + differs["overrides"] if f.name == "overrides" and "overrides" in differs \
+            else differs.get(f.name, getattr(full, f.name))
+        assert getattr(sweep, f.name) == want, f.name
+
+
+def test_a_missing_or_looping_base_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: its base .*b.yaml does not exist"):
+        load_sweep(str(tmp_path / "a.yaml"))
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="in a loop"):
+        load_sweep(str(tmp_path / "a.yaml"))

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eelight.config_rules import SEED_MAX, above, at_least, between, check_fields, nonempty, one_of
 from eelight.errors import ConfigError, first_line
-from eelight.training.config import STAGES, load_run_config, load_yaml
+from eelight.training.config import STAGES, RunConfig, load_run_config, load_yaml
 
 TYPES = ("grid", "categorical", "int", "float")
 SAMPLERS = ("tpe", "random")
@@ -72,6 +73,15 @@ class SweepConfig:
     reference: str | None = None  # the variant paired differences are taken against (None: the first)
     controls: list[str] = field(default_factory=list)  # variants that must lose: the report checks they do
     out_dir: str = nonempty("sweeps_out")
+
+    def stage_config(self, stage: str, point: list[str] | tuple[str, ...] = (),
+                     run: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """A stage's run config, composed in the one order every caller uses: the base experiment
+        and the stage's files; the sweep's `overrides`; the grid point's (and sampled) values; the
+        stage's own `stage_overrides` (so `instruct: [data.subset=null]` beats a data size);
+        `stage=`; last `run`, where and under which MLflow run a trial's stage runs."""
+        return load_run_config(self.experiment + self.stage_configs.get(stage, []),
+                               [*self.overrides, *point, *self.stage_overrides.get(stage, []), f"stage={stage}", *run])
 
     def grid_axes(self) -> dict[str, list[Any]]:
         axes = {k: list(d.values) for k, d in self.space.items() if d.type == "grid"}
@@ -117,15 +127,13 @@ def _check(sweep: SweepConfig) -> None:
     # Every value a trial can take must make a valid run config: unknown keys and bad values
     # fail here, before any trial runs.
     for stage in sweep.stages:
-        yamls = sweep.experiment + sweep.stage_configs.get(stage, [])
         for key, d in sweep.space.items():
             values = d.values if d.type in ("grid", "categorical") else [d.low, d.high]
             if d.type == "int":
                 values = [int(v) for v in values]
             for value in values:
                 try:
-                    load_run_config(yamls, sweep.overrides + sweep.stage_overrides.get(stage, [])
-                                    + [f"stage={stage}", f"{key}={value}"])
+                    sweep.stage_config(stage, [f"{key}={value}"])
                 except ConfigError as exn:
                     raise ConfigError(f"sweep space {key!r} value {value!r}: {exn}") from exn
 
@@ -138,8 +146,7 @@ def _check_objective(sweep: SweepConfig) -> None:
     if bench not in BENCHMARKS:
         return
     last = sweep.stages[-1]
-    cfg = load_run_config(sweep.experiment + sweep.stage_configs.get(last, []),
-                          sweep.overrides + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
+    cfg = sweep.stage_config(last)
     if bench not in cfg.eval.benchmarks:
         raise ConfigError(f"sweep objective {sweep.objective.metric!r} needs benchmark {bench!r} scored after the "
                           f"{last} stage; add eval.benchmarks=[{','.join([*cfg.eval.benchmarks, bench])}] to "
@@ -155,8 +162,7 @@ def data_fingerprint(sweep: SweepConfig) -> str | None:
 
     h, seen = hashlib.sha256(), False
     for stage in sweep.stages:
-        cfg = load_run_config(sweep.experiment + sweep.stage_configs.get(stage, []),
-                              sweep.overrides + sweep.stage_overrides.get(stage, []) + [f"stage={stage}"])
+        cfg = sweep.stage_config(stage)
         folder = Path(cfg.data.train_shards).parent
         for name in ("probe.json", "index.json"):
             if (folder / name).is_file():
@@ -165,13 +171,34 @@ def data_fingerprint(sweep: SweepConfig) -> str | None:
     return h.hexdigest()[:16] if seen else None
 
 
+def _with_base(path: str, depth: int = 0) -> Any:
+    """The sweep file as a YAML node, on top of the file its `base:` names (relative to it), if
+    any: every key replaces the base's, except `overrides`, which are added after the base's
+    (a dot-list: the later value wins)."""
+    from omegaconf import OmegaConf
+
+    node = load_yaml(path)
+    if not OmegaConf.is_dict(node) or "base" not in node:
+        return node
+    base = str(Path(path).parent / str(node.pop("base")))
+    if depth > 8:
+        raise ConfigError(f"sweep file {path}: `base:` files name each other in a loop")
+    if not Path(base).is_file():
+        raise ConfigError(f"sweep file {path}: its base {base} does not exist; fix `base:`")
+    parent = _with_base(base, depth + 1)
+    extra = list(node.pop("overrides", []) or [])
+    merged = OmegaConf.merge(parent, node)
+    merged.overrides = list(parent.get("overrides", []) or []) + extra
+    return merged
+
+
 def load_sweep(path: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Load and validate a sweep file; `extra_overrides` apply to every trial."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), load_yaml(path))
+        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), _with_base(path))
         sweep = OmegaConf.to_object(merged)
     except FileNotFoundError as exn:
         raise ConfigError(f"sweep file not found: {path}") from exn

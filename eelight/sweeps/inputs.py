@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eelight.errors import ConfigError
 from eelight.sweeps.config import SweepConfig
-from eelight.training.config import RunConfig, load_run_config
+from eelight.training.config import RunConfig
 
 REMOTE = ("pipe:", "http://", "https://", "gs://", "s3://")
 
@@ -33,9 +33,7 @@ def stage_configs(sweep: SweepConfig) -> list[tuple[str, RunConfig]]:
         variant = dict(zip(grid, combo, strict=True))
         point = [f"{k}={v}" for k, v in variant.items()] + ([f"data.subset={size}"] if size else [])
         for stage in sweep.stages:
-            yamls = sweep.experiment + sweep.stage_configs.get(stage, [])
-            cfg = load_run_config(yamls, sweep.overrides + point + sweep.stage_overrides.get(stage, [])
-                                  + [f"stage={stage}"])
+            cfg = sweep.stage_config(stage, point)
             out.append((stage, cfg))
     return out
 

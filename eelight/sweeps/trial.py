@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from eelight.sweeps.config import SweepConfig, point_overrides
-from eelight.training.config import flat_params, load_run_config
+from eelight.training.config import flat_params
 
 
 def suggest_overrides(trial, sweep: SweepConfig) -> list[str]:
@@ -67,34 +67,19 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     from optuna.trial import TrialState
 
     from eelight.eval.cost import forward_cost
-    from eelight.models.hf_loading import resolve_model
-    from eelight.sweeps.storage import sweep_tracking
 
     point = trial.user_attrs["point"]
-    sampled = suggest_overrides(trial, sweep)
-    name = f"trial_{trial.number:04d}"
-    base = sweep.overrides + point_overrides(point) + sampled + [
-        f"out_dir={sweep.out_dir}/{sweep.name}/runs", f"name={name}", f"mlflow.experiment={sweep.name}"]
+    values = point_overrides(point) + suggest_overrides(trial, sweep)  # the grid point's and the sampled
+    where = [f"out_dir={sweep.out_dir}/{sweep.name}/runs", f"name=trial_{trial.number:04d}",
+             f"mlflow.experiment={sweep.name}"]
     last = sweep.stages[-1]
-    yamls = {s: sweep.experiment + sweep.stage_configs.get(s, []) for s in sweep.stages}
-    final_cfg = load_run_config(yamls[last], base + sweep.stage_overrides.get(last, []) + [f"stage={last}"])
-    tracking = sweep_tracking(sweep)
-    run_id = tracking.start_run(sweep.name, trial_label(point, trial.number), tags={
-        "run_dir": f"{sweep.out_dir}/{sweep.name}/runs/{name}", "sweep": sweep.name,
-        "optuna.trial": str(trial.number), "grid_point": trial.user_attrs["grid_point"]}, parent=parent_run_id)
-    trial.set_user_attr("mlflow_run_id", run_id)
-    resolved = replace(final_cfg, model=resolve_model(final_cfg.model))  # the sizes trained, not the defaults
-    # The trial's values are config keys already; `name` (its run folder) is the run_dir tag.
-    tracking.log_params(run_id, {k: v for k, v in flat_params(resolved).items() if k != "name"})
-    # NaN until the trial has a value (and for good if it fails). Logged first so that MLflow's
-    # compare view, which defaults to a run's first-logged metric, puts the objective on its axis.
-    tracking.log_metrics(run_id, {"objective": float("nan")})
+    final_cfg = sweep.stage_config(last, values, where)
+    tracking, run_id = _start_trial_run(trial, sweep, final_cfg, parent_run_id)
     try:
         init_from, result, samples, start = None, {}, 0, time.perf_counter()
         for stage in sweep.stages:
-            cfg = load_run_config(yamls[stage], base + sweep.stage_overrides.get(stage, [])
-                                  + [f"stage={stage}", f"mlflow.run_id={run_id}", f"mlflow.prefix={stage}"]
-                                  + ([f"init_from={init_from}"] if init_from else []))
+            cfg = sweep.stage_config(stage, values, [*where, f"mlflow.run_id={run_id}", f"mlflow.prefix={stage}",
+                                                      *([f"init_from={init_from}"] if init_from else [])])
             result = train_stage(cfg, trial, sweep, prune=stage == last)
             if result.get("stop_reason"):
                 raise optuna.TrialPruned(result["stop_reason"])
@@ -122,3 +107,23 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
         trial.set_user_attr("error", f"{type(exn).__name__}: {exn}"[:2000])
         tracking.end_trial_run(run_id, "FAIL", error=traceback.format_exc()[-4000:])
         return TrialState.FAIL, None
+
+
+def _start_trial_run(trial, sweep: SweepConfig, final_cfg, parent_run_id: str):
+    """The trial's MLflow run, nested under the study's: named by what differs, tagged with its
+    run folder and grid point, the resolved config (sizes as trained) as its params, and a NaN
+    objective until the trial has a value (logged first: MLflow's compare view puts the first
+    metric on its axis)."""
+    from eelight.models.hf_loading import resolve_model
+    from eelight.sweeps.storage import sweep_tracking
+
+    tracking = sweep_tracking(sweep)
+    run_id = tracking.start_run(sweep.name, trial_label(trial.user_attrs["point"], trial.number), tags={
+        "run_dir": f"{final_cfg.out_dir}/{final_cfg.name}", "sweep": sweep.name,
+        "optuna.trial": str(trial.number), "grid_point": trial.user_attrs["grid_point"]}, parent=parent_run_id)
+    trial.set_user_attr("mlflow_run_id", run_id)
+    resolved = replace(final_cfg, model=resolve_model(final_cfg.model))
+    # The trial's values are config keys already; `name` (its run folder) is the run_dir tag.
+    tracking.log_params(run_id, {k: v for k, v in flat_params(resolved).items() if k != "name"})
+    tracking.log_metrics(run_id, {"objective": float("nan")})
+    return tracking, run_id
