@@ -45,6 +45,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from eelight.models.config import LLMConfig
 from eelight.models.kv_cache import LayerCache
+from eelight.models.roles import ALIGNER, with_role
 from eelight.models.rope import apply_rope
 
 try:  # optional CUDA extra
@@ -170,8 +171,9 @@ class CompositeAttention(SelfAttention):
         self.aligner = aligner
         if aligner == "fresh":
             # New trainable per-layer Wv', Wo' with the shapes of Wv, Wo (no weight reuse).
-            self.aligner_v = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * self.head_dim, bias=cfg.qkv_bias)
-            self.aligner_o = nn.Linear(cfg.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+            self.aligner_v = with_role(nn.Linear(cfg.hidden_size, cfg.num_kv_heads * self.head_dim,
+                                                 bias=cfg.qkv_bias), ALIGNER)
+            self.aligner_o = with_role(nn.Linear(cfg.num_heads * self.head_dim, cfg.hidden_size, bias=False), ALIGNER)
 
     def forward(
         self,

@@ -22,6 +22,7 @@ from eelight.models.blocks import RMSNorm, SwiGLU
 from eelight.models.config import LLMConfig, ModelConfig
 from eelight.models.flamingo import GatedCrossAttention
 from eelight.models.kv_cache import KVCache
+from eelight.models.roles import IDLE, LLM, NEW, parameter_roles, with_role
 from eelight.models.rope import RotaryEmbedding
 
 
@@ -86,10 +87,15 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(llm.hidden_size, llm.vocab_size, bias=False)
         if llm.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        with_role(self, LLM)
+        last = self.layers[-1].self_attn
+        for name in ("aligner_v", "aligner_o"):  # zero gradient after the last layer (models/roles.py)
+            if hasattr(last, name):
+                with_role(getattr(last, name), IDLE)
 
     def new_parameter_names(self) -> list[str]:
         """Parameters no LLM checkpoint has: aligner copies and Flamingo blocks."""
-        return [n for n, _ in self.named_parameters() if ".aligner_" in n or ".cross_attn." in n]
+        return [name for name, role in parameter_roles(self).items() if role in NEW]
 
     def init_aligner_copies(self) -> None:
         for layer in self.layers:

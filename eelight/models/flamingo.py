@@ -24,6 +24,7 @@ from torch import nn
 from eelight.models.blocks import RMSNorm, SwiGLU
 from eelight.models.config import LLMConfig
 from eelight.models.kv_cache import LayerCache
+from eelight.models.roles import CROSS_ATTN, with_role
 
 
 class GatedCrossAttention(nn.Module):
@@ -41,6 +42,7 @@ class GatedCrossAttention(nn.Module):
         self.ffn = SwiGLU(d, cfg.intermediate_size)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.ffn_gate = nn.Parameter(torch.zeros(1))
+        with_role(self, CROSS_ATTN)  # new parameters, trained from the align stage on
 
     def visual_keys_values(self, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """visual (B, Nv, d) -> K, V (B, H, Nv, hd)."""

@@ -20,6 +20,7 @@ from eelight.models.config import LLMConfig, ModelConfig, model_config, portable
 from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
+from eelight.models.roles import PROJECTOR, VISION, with_role
 from eelight.models.vision import VisionTower, pool_grid, vision_hf_config
 
 IGNORE_INDEX = -100
@@ -67,8 +68,8 @@ class MLLM(nn.Module):
     def __init__(self, cfg: ModelConfig, llm: LLMConfig, vision_config) -> None:
         super().__init__()
         self.cfg = replace(cfg, llm=llm)
-        self.vision = VisionTower(cfg.vision, vision_config)
-        self.projector = Projector(self.vision.hidden_size, llm.hidden_size, cfg.projector_depth)
+        self.vision = with_role(VisionTower(cfg.vision, vision_config), VISION)
+        self.projector = with_role(Projector(self.vision.hidden_size, llm.hidden_size, cfg.projector_depth), PROJECTOR)
         self.decoder = Decoder(llm, cfg)
         self._pooled_tokens = self.vision.num_tokens // cfg.visual_pool**2
         if cfg.visual_pool > 1:  # fail at build time, not at the first batch

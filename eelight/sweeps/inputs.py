@@ -19,6 +19,7 @@ from pathlib import Path
 from eelight.errors import ConfigError
 from eelight.sweeps.config import SweepConfig
 from eelight.training.config import RunConfig
+from eelight.training.stages import STAGE_TABLE
 
 REMOTE = ("pipe:", "http://", "https://", "gs://", "s3://")
 
@@ -105,7 +106,7 @@ def missing_inputs(sweep: SweepConfig) -> list[str]:
             *train_shards,
             *_shards(cfg.data.val_shards),
             *([] if train_shards else _subset(cfg)),  # the subset's keys only of shards that are there
-            *(_benchmarks(cfg) if stage == "instruct" else []),  # only an instruct stage scores them
+            *(_benchmarks(cfg) if STAGE_TABLE[stage].scores_benchmarks else []),  # only such a stage scores them
         ]
         for m in filter(None, found):
             stages.setdefault(m, [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import Callback
 
 from eelight.training.config import RunConfig
+from eelight.training.stages import STAGE_TABLE
 
 
 class StoppingCallback(Callback):
@@ -61,6 +62,6 @@ class BenchmarkScoring(Callback):
 
 def benchmark_callback(cfg: RunConfig, tokenizer, processor) -> list[Callback]:
     """The scoring callback of an instruct stage with `eval.benchmarks`, else none."""
-    if cfg.stage != "instruct" or not cfg.eval.benchmarks:
+    if not STAGE_TABLE[cfg.stage].scores_benchmarks or not cfg.eval.benchmarks:
         return []
     return [BenchmarkScoring(cfg, tokenizer, processor)]

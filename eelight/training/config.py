@@ -17,8 +17,8 @@ from eelight.data.text import PLACEMENTS
 from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
 from eelight.models.config import ModelConfig, model_config
+from eelight.training.stages import STAGES
 
-STAGES = ("align", "instruct")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64")

@@ -22,32 +22,22 @@ import torch
 
 from eelight.data.loader import BadCountTracker
 from eelight.models.mllm import IGNORE_INDEX, MLLM
+from eelight.models.roles import parameter_roles
 from eelight.training.config import OptimConfig
+from eelight.training.stages import GROUPS, STAGE_TABLE
 
 
 def parameter_groups(model: MLLM, stage: str) -> dict[str, list[torch.nn.Parameter]]:
-    """Trainable parameters by group for the stage; sets requires_grad on every parameter."""
-    new = set(model.decoder.new_parameter_names())
-    # After the last layer only text rows reach the LM head, so the last layer's visual
-    # update gets exactly zero gradient: training it is a no-op (and DDP rejects unused
-    # parameters), so it stays frozen.
-    last = f"layers.{len(model.decoder.layers) - 1}."
-    new -= {n for n in new if n.startswith(last) and ".aligner_" in n}
-    groups: dict[str, list[torch.nn.Parameter]] = {"projector": [], "new": [], "llm": []}
-    for name, param in model.named_parameters():
-        if name.startswith("projector."):
-            group = "projector"
-        elif name.removeprefix("decoder.") in new:
-            group = "new"
-        elif ".aligner_" in name:
-            group = None  # the last layer's aligner (see above)
-        elif name.startswith("decoder.") and stage == "instruct":
-            group = "llm"
-        else:
-            group = None  # vision tower always, the LLM in align
-        param.requires_grad_(group is not None)
+    """Trainable parameters by optimiser group for the stage (`training/stages.py`, by each
+    parameter's role); sets requires_grad on every parameter."""
+    trains = STAGE_TABLE[stage].trains
+    groups: dict[str, list[torch.nn.Parameter]] = {g: [] for g in GROUPS}
+    params = dict(model.named_parameters())
+    for name, role in parameter_roles(model).items():
+        group = trains.get(role)
+        params[name].requires_grad_(group is not None)
         if group:
-            groups[group].append(param)
+            groups[group].append(params[name])
     return {k: v for k, v in groups.items() if v}
 
 
