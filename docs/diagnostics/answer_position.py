@@ -1,5 +1,5 @@
 """How much of one attribute question's answer reaches the position that predicts it
-(docs/RESULTS.md, "Where the information is lost").
+(docs/results/archive/history.md, "Where the information is lost").
 
 For 600 `attribute` scenes of the probe (seed 0): the hidden state of the last prompt token
 after each decoder layer of a trained run; a linear probe's held-out accuracy (first 400 to

@@ -1,5 +1,5 @@
 """How much of a probe family's answer the *mean* of the vision tower's patch features carries
-(docs/RESULTS.md, "Probe version 8"): a linear probe's held-out accuracy on that mean (and, for
+(docs/results/archive/history.md, "Probe version 8"): a linear probe's held-out accuracy on that mean (and, for
 comparison, on all patch features side by side), for 1,200 scenes of a family (900 to fit, 300
 to test). What the mean shows is what this study's 280-step trials learn; what needs a few
 tokens picked out by position is not.

@@ -178,7 +178,7 @@ def document(rng: random.Random, size: int) -> Scene:
 
     Version 8's table (two "key: value" rows in 16 px type, asked one row by its key) stayed at
     chance for every variant in runs 5-9: it needs the text to pick one of two digits, a
-    selection 280 steps never taught (docs/RESULTS.md). The form keeps the DocVQA task (find a
+    selection 280 steps never taught (docs/results/archive/history.md). The form keeps the DocVQA task (find a
     named field, read its value) with one field, so it is learnable at the study's budget."""
     image, pen = _canvas(size)
     key, value = rng.choice(KEYS), rng.choice(DIGITS)

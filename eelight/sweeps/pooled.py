@@ -1,7 +1,7 @@
 """Replicate runs of one sweep, analysed together: `eelight report NAME --pool OLD/trials.csv ...`.
 
 A replicate is an earlier, complete run of the same sweep file whose report's `trials.csv` was
-kept (e.g. `docs/results/run6/trials.csv`); each run may have pretrained its own backbones. The
+kept (e.g. `docs/results/archive/run6/trials.csv`); each run may have pretrained its own backbones. The
 pooled report treats a (run, seed) pair as the unit: paired differences pair trials of the same
 run and seed (same backbones, data subset and initialisation), and the t-intervals are over all
 such pairs. That interval spans the run-to-run variance only if runs are exchangeable; with two

@@ -1,4 +1,4 @@
-"""Sweep report: tables (CSV + Markdown) and PNG plots written to `sweeps_out/<name>/report/`
+"""Sweep report: tables (CSV + Markdown) and PNG plots (`sweeps/figures.py`) written to `sweeps_out/<name>/report/`
 and logged to the study's parent MLflow run. Statistics in `eelight.sweeps.stats`: means with
 95% Student-t intervals over seeds, paired differences against a reference variant (same seed
 and data size), the smallest difference the study can detect at its seed count, and for each
@@ -12,8 +12,8 @@ axes from 0 to 1:
 - `metric_vs_variant.png`: the objective per variant at the largest data size (95% interval);
 - `metric_vs_data_size.png`: the data-efficiency curve, one line and band per variant (only
   with 2 or more data sizes);
-- `families.png` / `paired_differences.png`: per category of the objective's benchmark (the
-  probe's task families), the score and the difference from the reference variant;
+- `families.png`: per category of the objective's benchmark (the probe's task families), the
+  score (left) and the paired difference from the reference variant (right);
 - `metric_vs_compute.png`: the objective against training FLOPs (deterministic, counted with
   the FLOP counter) and, beside it, the wall-clock the trial took in this sweep (contended
   machines make that panel noisy; the FLOPs panel is the comparison).
