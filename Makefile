@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo mlflow-ui sweep report export services services-stop
+.PHONY: install test test-fast lint demo mlflow-ui sweep report export services services-stop
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (real processes, sweeps, services, SLURM).
+test-fast: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 
@@ -16,6 +17,7 @@ def _build(probe_env, out, *extra):
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_another_seed_is_other_weights_and_the_cache_keeps_the_seed(probe_env, tmp_path):
     for out, seed in ((tmp_path / "s0", []), (tmp_path / "s1", ["--seed", "1"])):
         ran = _build(probe_env, out, *seed)

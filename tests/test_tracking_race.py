@@ -5,6 +5,7 @@ inserts the same new keys, and neither may fail. MLflow's set_tag lost that race
 import multiprocessing as mp
 
 import mlflow
+import pytest
 
 WORKERS, ROUNDS = 3, 30
 
@@ -18,6 +19,7 @@ def _tag(uri: str, run_id: str, barrier, worker: int) -> None:
         tracking.set_tags(run_id, {f"best.r{round_}.{i}": f"w{worker}" for i in range(3)})
 
 
+@pytest.mark.slow
 def test_workers_tagging_one_run_at_once_all_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(tracking_uri=uri)

@@ -140,6 +140,7 @@ def _cli(*args, **kw):
      ("model.aligner=maybe", "model.aligner='maybe' is not allowed; choose one of ['reuse', 'fresh', 'none']"),
      ("data.train_shards=/no/such-{0..1}.tar", "shard /no/such-0.tar does not exist")],
 )
+@pytest.mark.slow
 def test_cli_bad_override_exits_with_one_line(override, expected):
     proc = _cli("train", EXPERIMENT, override)
     _, err = proc.communicate(timeout=120)

@@ -82,6 +82,7 @@ def test_bare_train_asks_for_an_experiment_file(capsys):
     assert "needs an experiment file" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["random", "empty"])
 def test_a_training_shard_that_is_not_a_tar_stops_in_seconds(probe_env, tmp_path, kind):
     import time
@@ -95,6 +96,7 @@ def test_a_training_shard_that_is_not_a_tar_stops_in_seconds(probe_env, tmp_path
     assert time.perf_counter() - start < 60
 
 
+@pytest.mark.slow
 def test_bad_sample_limit_reaches_the_user_as_one_line(probe_env, tmp_path):
     import tarfile
 

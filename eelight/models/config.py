@@ -175,7 +175,7 @@ def portable_config(cfg: ModelConfig) -> ModelConfig:
 def model_config(preset: str, **overrides: Any) -> ModelConfig:
     """The named preset (exact name), with top-level fields overridden."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; presets are {sorted(PRESETS)}")
+        raise ValueError(f"unknown model preset {preset!r} in model_preset; presets are {sorted(PRESETS)}")
     known = {f.name for f in fields(ModelConfig)}
     for key in overrides:
         if key not in known:
