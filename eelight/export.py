@@ -23,15 +23,13 @@ from eelight.models.config import ModelConfig, portable_config
 def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Path,
                  card: dict[str, Any] | None = None) -> Path:
     """Write the folder from a run's saved `config.yaml` and its Lightning checkpoint."""
-    from omegaconf import OmegaConf
-
     from eelight.data.tokenizer import load_tokenizer
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
     from eelight.training.checkpoint import init_from_checkpoint
-    from eelight.training.config import RunConfig
+    from eelight.training.config import read_run_config
 
-    run_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_cfg_path)))
+    run_cfg = read_run_config(run_cfg_path)
     model = build_mllm(run_cfg.model)
     init_from_checkpoint(model, checkpoint)
     prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement,

@@ -181,8 +181,8 @@ def test_export_loads_with_identical_logits_and_registers(finished, probe_env, t
     shorter = pyfunc.predict(pd.DataFrame({"image": [str(tmp_path / "q.png")], "prompt": [QUESTIONS["colour"]]}),
                              params={"max_new_tokens": 1})
     assert shorter == [tok.decode(expected[0, :1], skip_special_tokens=True).strip()]
-    # The README's example as written, from a project root whose mlruns/ is this test's store.
-    readme = Path(__file__).parent.parent.joinpath("README.md").read_text()
+    # The guide's example as written (docs/guide/sweeps.md), from a project root whose mlruns/ is this test's store.
+    readme = Path(__file__).parent.parent.joinpath("docs", "guide", "sweeps.md").read_text()
     block = readme.split("<!-- register-example -->\n```python\n", 1)[1].split("```", 1)[0]
     root = tmp_path / "project"
     root.mkdir()

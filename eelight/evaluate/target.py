@@ -94,14 +94,14 @@ def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: 
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
     from eelight.training.checkpoint import init_from_checkpoint
-    from eelight.training.config import load_run_config
+    from eelight.training.config import read_run_config
     from eelight.training.distributed import checkpoint_step
     from eelight.training.run import resume_checkpoint
 
     ckpt = resume_checkpoint(folder)
     if ckpt is None:
         raise ConfigError(f"{folder} has no last.ckpt: train the stage first (or pass an exported folder)")
-    cfg = load_run_config([str(folder / "config.yaml")], model_over + other)
+    cfg = read_run_config(folder / "config.yaml", model_over + other)
     model = build_mllm(cfg.model)
     try:
         init_from_checkpoint(model, ckpt)

@@ -35,11 +35,6 @@ from eelight.sweeps.storage import (
 )
 from eelight.tracking import runs_url
 
-# We send heartbeats ourselves around ask/tell (see _Heartbeat), which Optuna warns about.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-warnings.filterwarnings("ignore", message=".*failed_trial_callback.*")
-warnings.filterwarnings("ignore", message=".*heartbeat_interval.*")
-
 
 @contextmanager
 def _setup_lock(sweep: SweepConfig):

@@ -4,6 +4,7 @@ Below `runner` and `trial` (both use it), so the sweep modules import in one dir
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from eelight.errors import ConfigError
@@ -11,6 +12,11 @@ from eelight.sweeps.config import SweepConfig
 from eelight.tracking import Tracking
 
 HEARTBEAT_S, GRACE_S = 2, 8
+# Every process that opens a study's storage (worker, report, export) builds it with heartbeats,
+# which Optuna calls experimental; the runner sends them itself around ask/tell, which Optuna warns about.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=".*failed_trial_callback.*")
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*")
 _TRACKING: dict[tuple, tuple[str, str | None]] = {}
 
 

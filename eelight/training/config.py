@@ -203,15 +203,18 @@ RESUME_MAY_CHANGE = ("trainer.", "mlflow.", "out_dir", "init_from", "data.num_wo
 RESUME_MUST_MATCH = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
 
 
-def saved_config(saved_yaml: str) -> RunConfig | None:
-    """A run's saved config.yaml as a RunConfig, keys added since it was written at their
-    defaults (None: it no longer loads, e.g. a key that was removed)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+def read_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A run's saved config.yaml as a RunConfig: the one reader (`eelight eval`, export, a resume's
+    check). Keys added to eelight since it was written take today's defaults; `overrides` apply
+    as on the command line; anything wrong is a one-line ConfigError naming the file."""
+    return load_run_config([str(path)], overrides)
 
+
+def saved_config(path: str | Path) -> RunConfig | None:
+    """`read_run_config`, or None when the saved file no longer loads (a key since removed)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(saved_yaml)))
-    except (OmegaConfBaseException, ValueError):
+        return read_run_config(path)
+    except ConfigError:
         return None
 
 

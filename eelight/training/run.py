@@ -66,14 +66,14 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
-def _as_trained(saved_yaml: str) -> str:
+def _as_trained(saved_path: Path) -> str:
     """A saved config.yaml with today's defaults for keys added since and its model sizes
     resolved, as `cfg` is: a run written by an earlier eelight resumes when nothing changed."""
     from eelight.models.hf_loading import resolve_model
 
-    saved = saved_config(saved_yaml)
+    saved = saved_config(saved_path)
     if saved is None:
-        return saved_yaml
+        return saved_path.read_text()
     try:
         return to_yaml(replace(saved, model=resolve_model(saved.model)))
     except (UserError, FileNotFoundError):
@@ -161,7 +161,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path | None:
     if resume is None:
         _forget_failed_attempt(cfg)
     saved = run_dir / "config.yaml"
-    if resume and saved.exists() and (conflicts := resume_conflicts(_as_trained(saved.read_text()), cfg)):
+    if resume and saved.exists() and (conflicts := resume_conflicts(_as_trained(saved), cfg)):
         raise ConfigError(
             f"{resume} was trained with another config ({'; '.join(conflicts)}); a rerun resumes it "
             f"with its own model, data and optimiser. Use a new name=, or delete {run_dir} to start over"
