@@ -128,3 +128,15 @@ def test_resume_conflicts_allow_run_settings_and_name_everything_else():
         "data.seed: 0 -> 3", "model.aligner: 'reuse' -> 'fresh'", "trainer.accumulate_grad_batches: 1 -> 2"]
     older = saved.replace("  image_placement: marker\n", "")  # a run saved before the key existed
     assert resume_conflicts(older, load_run_config()) == ["data.image_placement: '(absent)' -> 'marker'"]
+
+
+def test_a_preset_applied_through_the_one_function_is_the_preset_from_any_base():
+    """`apply_model_overrides` (a run's base, an eval target, from_pretrained) gives exactly the
+    named preset, whatever model config it starts from; later items win."""
+    from eelight.models.config import PRESETS, ModelConfig, apply_model_overrides, model_config
+
+    for name in PRESETS:
+        for base in (ModelConfig(), model_config("flamingo"), model_config("ee_mllm_pool2")):
+            assert apply_model_overrides(base, [f"model_preset={name}"]) == model_config(name), (name, base)
+    got = apply_model_overrides(ModelConfig(), ["model_preset=llava", "aligner_ffn=false"])
+    assert got == model_config("llava_no_ffn")

@@ -34,7 +34,7 @@ class Target:
 def split_overrides(items: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(model overrides, eval overrides, other run-config overrides); `benchmarks=` is short for
     `eval.benchmarks=`, and `model_preset=X` becomes X's variant fields."""
-    from eelight.models.config import PRESETS, model_config
+    from eelight.models.config import preset_overrides
 
     model, evals, other = [], [], []
     for item in items:
@@ -47,11 +47,9 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str], list[str]]:
             evals.append(item)
         elif key == "model_preset":
             try:
-                preset = model_config(value)
+                model += [f"model.{o}" for o in preset_overrides(value)]
             except ValueError as exn:
                 raise ConfigError(str(exn)) from exn
-            fields = sorted({k for p in PRESETS.values() for k in p})
-            model += [f"model.{k}={getattr(preset, k)}" for k in fields]
         elif key.startswith("model."):
             model.append(item)
         else:

@@ -181,3 +181,27 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
         if key not in known:
             raise ValueError(f"model.{key} is not a model config field; fields are {sorted(known)}")
     return replace(ModelConfig(), **{**PRESETS[preset], **overrides})
+
+
+VARIANT_FIELDS = tuple(sorted({k for p in PRESETS.values() for k in p}))  # what a preset may set
+
+
+def preset_overrides(name: str) -> list[str]:
+    """`model_preset=NAME` as model-config dot-list overrides: every field some preset sets, at
+    NAME's value, so a preset applied over another model's config changes exactly the variant."""
+    cfg = model_config(name)
+    return [f"{k}={str(getattr(cfg, k)).lower() if isinstance(getattr(cfg, k), bool) else getattr(cfg, k)}"
+            for k in VARIANT_FIELDS]
+
+
+def apply_model_overrides(cfg: ModelConfig, items: list[str] | tuple[str, ...]) -> ModelConfig:
+    """The one way presets and overrides change a model config (a run's base, an eval target,
+    `MLLM.from_pretrained`): each item is `model_preset=NAME` (its variant fields) or a model
+    field `key=value`, later items winning. Raises ValueError (or OmegaConf's error) naming the key."""
+    from omegaconf import OmegaConf
+
+    dotlist: list[str] = []
+    for item in items:
+        key, _, value = item.partition("=")
+        dotlist += preset_overrides(value) if key == "model_preset" else [item]
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(dotlist)))

@@ -16,7 +16,7 @@ from torch import nn
 
 from eelight.errors import CheckpointError
 from eelight.models import hf_loading, layout
-from eelight.models.config import LLMConfig, ModelConfig, model_config, portable_config
+from eelight.models.config import LLMConfig, ModelConfig, apply_model_overrides, model_config, portable_config
 from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
@@ -104,8 +104,8 @@ class MLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> MLLM:
         """The model `save_pretrained` wrote, in eval mode on the CPU, loaded strictly.
-        `overrides`: model-config dot-list changes that keep the parameters (e.g.
-        `visual_attn=none`: EE-MLLM-F)."""
+        `overrides`: model-config changes that keep the parameters (`visual_attn=none` or
+        `model_preset=ee_mllm_f`: EE-MLLM-F), applied as everywhere (`apply_model_overrides`)."""
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
         from safetensors.torch import load_file
@@ -115,9 +115,9 @@ class MLLM(nn.Module):
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{folder} is not an eelight export (no model.safetensors)")
         try:
-            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                                      OmegaConf.load(folder / "config.yaml"),
-                                                      OmegaConf.from_dotlist(list(overrides))))
+            saved = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                                        OmegaConf.load(folder / "config.yaml")))
+            cfg = apply_model_overrides(saved, overrides)
         except (OmegaConfBaseException, ValueError) as exn:
             raise CheckpointError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
         model = cls(cfg, cfg.llm, AutoConfig.from_pretrained(folder / "vision_config.json"))

@@ -16,7 +16,7 @@ from eelight.config_rules import at_least, between, check_fields, nonempty, one_
 from eelight.data.text import PLACEMENTS
 from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
-from eelight.models.config import ModelConfig, model_config
+from eelight.models.config import ModelConfig, apply_model_overrides
 from eelight.training.stages import STAGES
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
@@ -152,7 +152,8 @@ def load_run_config(yaml_paths: list[str] | tuple[str, ...] = (), overrides: lis
         layers = [_mapping(load_yaml(p), p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides))]
         probe = OmegaConf.merge(*layers) if layers else OmegaConf.create()
         preset = probe.get("model_preset", "ee_mllm")
-        merged = OmegaConf.structured(RunConfig(model_preset=preset, model=model_config(preset)))
+        model = apply_model_overrides(ModelConfig(), [f"model_preset={preset}"])
+        merged = OmegaConf.structured(RunConfig(model_preset=preset, model=model))
         for source, layer in zip(sources, layers, strict=True):  # a bad key is named with its file
             try:
                 merged = OmegaConf.merge(merged, layer)
