@@ -248,3 +248,17 @@ def test_a_checkpoint_is_written_after_its_step_is_logged(probe_env):
     from eelight.training.checkpoint import read_checkpoint
 
     assert read_checkpoint(result["checkpoint"])["global_step"] == 7
+
+
+def test_one_run_reads_each_backbone_config_once(probe_env, monkeypatch):
+    """The model is resolved once per run: a resumed `train` (sizes for params, config.yaml,
+    the resume check and the build) reads the LLM's and the tower's config.json once each."""
+    from eelight.models import hf_loading
+
+    train(_cfg(probe_env, "name=resolve_once", "trainer.max_steps=1", "data.val_shards=null"))
+    reads = []
+    real = hf_loading.read_config
+    monkeypatch.setattr(hf_loading, "read_config", lambda folder: reads.append(str(folder)) or real(folder))
+    cfg = _cfg(probe_env, "name=resolve_once", "trainer.max_steps=2", "data.val_shards=null")
+    assert train(cfg)["resumed_from_step"] == 1
+    assert sorted(reads) == sorted([cfg.model.llm.path, cfg.model.vision.path]), reads

@@ -7,19 +7,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from eelight.models.config import ModelConfig
+from eelight.models.hf_loading import ResolvedModel, resolve
 
 
-def forward_cost(cfg: ModelConfig, n_text: int) -> tuple[int, int]:
+def forward_cost(model_cfg: ModelConfig | ResolvedModel, n_text: int) -> tuple[int, int]:
     """(forward FLOPs for one sample of n_text text tokens and one image, visual tokens)."""
-    from eelight.models import hf_loading
     from eelight.models.mllm import MLLM
-    from eelight.models.vision import vision_hf_config
 
-    llm, _ = hf_loading.resolve_llm(cfg.llm)
-    vision = (hf_loading.vision_config_from_hf(hf_loading.read_config(cfg.vision.path)) if cfg.vision.path
-              else vision_hf_config(cfg.vision))
+    resolved = resolve(model_cfg)
     with torch.device("meta"):
-        model = MLLM(cfg, llm, vision)
+        model = MLLM(resolved.cfg, resolved.cfg.llm, resolved.vision_hf)
     size = model.vision.image_size
     ids = torch.zeros(1, n_text, dtype=torch.long, device="meta")
     pixels = torch.empty(1, 3, size, size, device="meta")

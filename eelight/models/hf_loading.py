@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -218,14 +218,37 @@ def resolve_llm(cfg: LLMConfig) -> tuple[LLMConfig, str]:
     return _from_config(cfg.path, lambda hf: llm_config_from_hf(hf, cfg.path))
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model config as it will be built, its folders' config.json read once: `cfg` has the
+    sizes as trained (paths kept), `family` names the LLM's key map, `vision_hf` is the tower's
+    `transformers` config (the folder's own, or one made from `cfg.vision`)."""
+
+    cfg: ModelConfig
+    family: str
+    vision_hf: Any
+
+
+def resolve(cfg: ModelConfig | ResolvedModel) -> ResolvedModel:
+    """Read each backbone folder's config.json once (a `ResolvedModel` is returned as is)."""
+    from eelight.models.vision import vision_hf_config
+
+    if isinstance(cfg, ResolvedModel):
+        return cfg
+    llm, family = resolve_llm(cfg.llm)
+    vision = cfg.vision
+    if vision.path:
+        vision_hf = _from_config(vision.path, vision_config_from_hf)
+        vision = _vision_sizes(vision, vision_hf)
+    else:
+        vision_hf = vision_hf_config(vision)
+    return ResolvedModel(replace(cfg, llm=llm, vision=vision), family, vision_hf)
+
+
 def resolve_model(cfg: ModelConfig) -> ModelConfig:
     """The config as it will be trained: the LLM's and the vision tower's sizes read from their
     folders' config.json (paths kept), so params and the saved config.yaml tell the truth."""
-    llm, _ = resolve_llm(cfg.llm)
-    vision = cfg.vision
-    if vision.path:
-        vision = _from_config(vision.path, lambda hf: _vision_sizes(vision, vision_config_from_hf(hf)))
-    return replace(cfg, llm=llm, vision=vision)
+    return resolve(cfg).cfg
 
 
 def _vision_sizes(vision: Any, hf: Any) -> Any:

@@ -21,7 +21,7 @@ from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
 from eelight.models.roles import PROJECTOR, VISION, with_role
-from eelight.models.vision import VisionTower, pool_grid, vision_hf_config
+from eelight.models.vision import VisionTower, pool_grid
 
 IGNORE_INDEX = -100
 
@@ -266,16 +266,14 @@ class MLLM(nn.Module):
         return torch.stack(out, dim=1)
 
 
-def build_mllm(cfg: ModelConfig) -> MLLM:
-    """Build the model; load the LLM / vision tower from their local HF folders when set."""
-    llm, family = hf_loading.resolve_llm(cfg.llm)
-    if cfg.vision.path:
-        vision_config = hf_loading.vision_config_from_hf(hf_loading.read_config(cfg.vision.path))
-    else:
-        vision_config = vision_hf_config(cfg.vision)
-    model = MLLM(cfg, llm, vision_config)
+def build_mllm(model_cfg: ModelConfig | hf_loading.ResolvedModel) -> MLLM:
+    """Build the model; load the LLM / vision tower from their local HF folders when set. A
+    `ResolvedModel` (see `hf_loading.resolve`) is built without reading its folders' configs again."""
+    resolved = hf_loading.resolve(model_cfg)
+    cfg = resolved.cfg
+    model = MLLM(cfg, cfg.llm, resolved.vision_hf)
     if cfg.llm.path:
-        hf_loading.load_llm_weights(model.decoder, cfg.llm.path, family)
+        hf_loading.load_llm_weights(model.decoder, cfg.llm.path, resolved.family)
     if cfg.vision.path:
         hf_loading.load_vision_weights(model.vision, cfg.vision.path)
     if cfg.aligner == "fresh" and cfg.aligner_init == "copy":

@@ -67,6 +67,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
     from optuna.trial import TrialState
 
     from eelight.eval.cost import forward_cost
+    from eelight.models.hf_loading import resolve
 
     point = trial.user_attrs["point"]
     values = point_overrides(point) + suggest_overrides(trial, sweep)  # the grid point's and the sampled
@@ -74,7 +75,8 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
              f"mlflow.experiment={sweep.name}"]
     last = sweep.stages[-1]
     final_cfg = sweep.stage_config(last, values, where)
-    tracking, run_id = _start_trial_run(trial, sweep, final_cfg, parent_run_id)
+    model = resolve(final_cfg.model)  # its folders read once: the params' sizes and the trial's cost
+    tracking, run_id = _start_trial_run(trial, sweep, replace(final_cfg, model=model.cfg), parent_run_id)
     try:
         init_from, result, samples, start = None, {}, 0, time.perf_counter()
         for stage in sweep.stages:
@@ -89,7 +91,7 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
             raise KeyError(f"objective metric {sweep.objective.metric!r} was not logged; "
                            f"validation logged {sorted(result['metrics'])}")
         value = result["metrics"][sweep.objective.metric]
-        flops, n_visual = forward_cost(final_cfg.model, final_cfg.data.max_length)
+        flops, n_visual = forward_cost(model, final_cfg.data.max_length)
         # Training compute, deterministic: forward FLOPs per sample x 3 (forward + backward) x
         # the samples the stages trained on (frozen parts' backward is counted too: an upper bound).
         attrs = {"checkpoint": init_from, "samples_per_s": result.get("samples_per_s"), "flops_per_sample": flops,
@@ -109,20 +111,18 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
         return TrialState.FAIL, None
 
 
-def _start_trial_run(trial, sweep: SweepConfig, final_cfg, parent_run_id: str):
+def _start_trial_run(trial, sweep: SweepConfig, resolved, parent_run_id: str):
     """The trial's MLflow run, nested under the study's: named by what differs, tagged with its
     run folder and grid point, the resolved config (sizes as trained) as its params, and a NaN
     objective until the trial has a value (logged first: MLflow's compare view puts the first
     metric on its axis)."""
-    from eelight.models.hf_loading import resolve_model
     from eelight.sweeps.storage import sweep_tracking
 
     tracking = sweep_tracking(sweep)
     run_id = tracking.start_run(sweep.name, trial_label(trial.user_attrs["point"], trial.number), tags={
-        "run_dir": f"{final_cfg.out_dir}/{final_cfg.name}", "sweep": sweep.name,
+        "run_dir": f"{resolved.out_dir}/{resolved.name}", "sweep": sweep.name,
         "optuna.trial": str(trial.number), "grid_point": trial.user_attrs["grid_point"]}, parent=parent_run_id)
     trial.set_user_attr("mlflow_run_id", run_id)
-    resolved = replace(final_cfg, model=resolve_model(final_cfg.model))
     # The trial's values are config keys already; `name` (its run folder) is the run_dir tag.
     tracking.log_params(run_id, {k: v for k, v in flat_params(resolved).items() if k != "name"})
     tracking.log_metrics(run_id, {"objective": float("nan")})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from eelight.errors import ConfigError, UserError
+from eelight.errors import ConfigError
 from eelight.training.callbacks import benchmark_callback, stop_reason
 from eelight.training.config import (
     RunConfig,
@@ -66,18 +66,20 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
-def _as_trained(saved_path: Path) -> str:
-    """A saved config.yaml with today's defaults for keys added since and its model sizes
-    resolved, as `cfg` is: a run written by an earlier eelight resumes when nothing changed."""
-    from eelight.models.hf_loading import resolve_model
-
+def _as_trained(saved_path: Path, cfg: RunConfig) -> str:
+    """A saved config.yaml as `cfg` is written: today's defaults for keys added since, and a
+    backbone given by a folder with the sizes `cfg` read from that same folder (an earlier
+    eelight saved them unresolved): a run written by an earlier eelight resumes when nothing changed."""
     saved = saved_config(saved_path)
     if saved is None:
         return saved_path.read_text()
-    try:
-        return to_yaml(replace(saved, model=resolve_model(saved.model)))
-    except (UserError, FileNotFoundError):
-        return to_yaml(saved)  # its backbone folders are gone: compare as written
+    model = saved.model
+    if model.llm.path and model.llm.path == cfg.model.llm.path:
+        model = replace(model, llm=cfg.model.llm)
+    if model.vision.path and model.vision.path == cfg.model.vision.path:
+        model = replace(model, vision=replace(cfg.model.vision, feature_layer=model.vision.feature_layer,
+                                              feature_select=model.vision.feature_select))
+    return to_yaml(replace(saved, model=model))
 
 
 def _forget_failed_attempt(cfg: RunConfig) -> None:
@@ -123,9 +125,9 @@ def _killed(logger, stop, step: int, last: Path) -> None:
 
 def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     """One stage, step by step: check, set up the run folder, build, fit, report."""
-    cfg = _checked(cfg)
+    cfg, model = _checked(cfg)
     resume = _prepare_run_dir(cfg)
-    parts = _build(cfg, resume)
+    parts = _build(cfg, model, resume)
     logger = _logger(cfg, parts.resume_step)
     stop = signal_callback() if not cfg.mlflow.run_id else None  # a sweep's stage: its worker handles signals
     callbacks = [*callbacks, *parts.callbacks, *([stop] if stop else [])]
@@ -136,11 +138,11 @@ def _train(cfg: RunConfig, callbacks: list) -> dict[str, Any]:
     return _report(cfg, trainer, parts, logger, stop_reason(callbacks))
 
 
-def _checked(cfg: RunConfig) -> RunConfig:
-    """What can be wrong before anything is built, named in one line; the model's sizes as
-    trained (read from its folders once: params, config.yaml and the resume check use them)."""
+def _checked(cfg: RunConfig) -> tuple[RunConfig, Any]:
+    """What can be wrong before anything is built, named in one line; the model resolved, its
+    folders read once: its sizes as trained go to params, config.yaml and the resume check."""
     from eelight.data.loader import expand_urls
-    from eelight.models.hf_loading import resolve_model
+    from eelight.models.hf_loading import resolve
     from eelight.tracking import tracking_uri
     from eelight.training.distributed import check_devices
 
@@ -149,7 +151,8 @@ def _checked(cfg: RunConfig) -> RunConfig:
     expand_urls(cfg.data.train_shards)  # a missing shard
     if cfg.data.val_shards:
         expand_urls(cfg.data.val_shards)
-    return replace(cfg, model=resolve_model(cfg.model))
+    model = resolve(cfg.model)
+    return replace(cfg, model=model.cfg), model
 
 
 def _prepare_run_dir(cfg: RunConfig) -> Path | None:
@@ -161,7 +164,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path | None:
     if resume is None:
         _forget_failed_attempt(cfg)
     saved = run_dir / "config.yaml"
-    if resume and saved.exists() and (conflicts := resume_conflicts(_as_trained(saved), cfg)):
+    if resume and saved.exists() and (conflicts := resume_conflicts(_as_trained(saved, cfg), cfg)):
         raise ConfigError(
             f"{resume} was trained with another config ({'; '.join(conflicts)}); a rerun resumes it "
             f"with its own model, data and optimiser. Use a new name=, or delete {run_dir} to start over"
@@ -178,7 +181,7 @@ class _Parts:
     resume_step: int
 
 
-def _build(cfg: RunConfig, resume: Path | None) -> _Parts:
+def _build(cfg: RunConfig, resolved: Any, resume: Path | None) -> _Parts:
     """Model (from `init_from` on a fresh start), tokenizer, data and the Lightning module."""
     import lightning as L
 
@@ -193,7 +196,7 @@ def _build(cfg: RunConfig, resume: Path | None) -> _Parts:
 
     resume_step = checkpoint_step(resume) if resume else 0
     L.seed_everything(cfg.seed, verbose=False)
-    model = build_mllm(cfg.model)
+    model = build_mllm(resolved)
     if cfg.init_from and resume is None:
         init_from_checkpoint(model, cfg.init_from)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
