@@ -27,24 +27,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from eelight.models import LLMConfig, model_config
 from eelight.models.decoder import Decoder
 
+VISION_WIDTH = 1024  # CLIP ViT-L/14's features, what SAISA's per-layer MLPs read
+
 
 def _pass(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torch.dtype, attn_impl: str):
     """A decoder with random weights on `device` and a function running its layers once."""
     cfg = model_config(preset, llm=llm, attn_impl=attn_impl)
     with torch.device(device):
-        decoder = Decoder(llm, cfg).to(dtype).eval()
+        decoder = Decoder(llm, cfg, VISION_WIDTH).to(dtype).eval()
         flamingo = cfg.arch == "flamingo"
         nv = 0 if flamingo else args.nv  # Flamingo's LLM rows are text only; it cross-attends to the image
         h = torch.randn(args.batch, nv + args.nt, llm.hidden_size, dtype=dtype)
         visual = torch.randn(args.batch, args.nv, llm.hidden_size, dtype=dtype) if flamingo else None
         positions = torch.arange(nv + args.nt).expand(args.batch, -1)
-    cos, sin = decoder.rotary(positions, dtype)
+        features = torch.randn(args.batch, nv, VISION_WIDTH, dtype=dtype) if cfg.aligner == "mlp" else None
 
-    def prefill() -> torch.Tensor:
-        x = h
-        for layer in decoder.layers:
-            x = layer(x, nv, cos, sin, visual=visual)
-        return x
+    def prefill() -> torch.Tensor:  # every layer's rule, FastV's pruning included
+        return decoder.run_layers(h, nv, positions, visual=visual, features=features)[-1][0]
 
     return prefill
 

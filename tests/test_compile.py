@@ -14,7 +14,9 @@ from eelight.models.config import LLMConfig, VisionConfig, model_config
 from eelight.models.kv_cache import KVCache
 from eelight.models.mllm import build_mllm
 
-PRESETS = ["ee_mllm", "llava", "ee_mllm_fresh", "flamingo"]
+PRESETS = ["ee_mllm", "llava", "ee_mllm_fresh", "flamingo", "vica", "saisa", "shortv", "fastv"]
+# The successors on this 2-layer LLM: ShortV's layer set and FastV's K fitted to its depth.
+VARIANTS = {"shortv": ("llava", {"kv_only_layers": "1"}), "fastv": ("fastv", {"prune_after": 1})}
 LLM = LLMConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                 max_positions=128)
 VISION = VisionConfig(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_layers=1)
@@ -22,7 +24,8 @@ VISION = VisionConfig(image_size=16, patch_size=4, hidden_size=32, intermediate_
 
 def _model(preset: str, **kw):
     torch.manual_seed(0)
-    return build_mllm(model_config(preset, llm=LLM, vision=VISION, **kw))
+    preset, extra = VARIANTS.get(preset, (preset, {}))
+    return build_mllm(model_config(preset, llm=LLM, vision=VISION, **extra, **kw))
 
 
 def _batch(b: int = 2, nt: int = 12):
@@ -68,8 +71,10 @@ def test_no_graph_break_in_cached_prefill(preset, padded):
     if padded:
         valid[0, :3] = False  # left padding: the padding-mask path
     with torch.no_grad():
-        visual = model.encode_images(pixels)
-        args, kwargs = _decoder_call(model, lambda: model._run(ids, visual, valid, KVCache(LLM.num_layers)))
+        features = model.vision_features(pixels)
+        visual = model.projector(features)
+        args, kwargs = _decoder_call(model, lambda: model._run(ids, visual, valid, KVCache(LLM.num_layers),
+                                                               features=features))
         args = tuple(KVCache(LLM.num_layers) if isinstance(a, KVCache) else a for a in args)  # a fresh cache
         assert any(isinstance(a, KVCache) for a in args)
         assert (args[3] is not None) == padded  # the mask argument

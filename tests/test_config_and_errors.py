@@ -19,7 +19,7 @@ def test_every_preset_builds_and_presets_need_exact_names():
 
 
 def test_bad_value_names_field_and_allowed_values():
-    with pytest.raises(ValueError, match=r"model\.aligner='maybe'.*\['reuse', 'fresh', 'none'\]"):
+    with pytest.raises(ValueError, match=r"model\.aligner='maybe'.*\['reuse', 'fresh', 'none', 'mlp'\]"):
         model_config("ee_mllm", aligner="maybe")
     with pytest.raises(ValueError, match=r"llm\.rope_type='yarn'"):
         LLMConfig(rope_type="yarn")

@@ -26,7 +26,7 @@ RUN_RULES: dict[str, tuple] = {
                                 "ee_mllm_pool2", "ee_mllm_blind"], False),
     "model.arch": ("variant", ["decoder", "flamingo"]),
     "model.visual_attn": ("variant", ["none", "self"]),
-    "model.aligner": ("variant", ["reuse", "fresh", "none"]),
+    "model.aligner": ("variant", ["reuse", "fresh", "none", "mlp"]),
     "model.aligner_init": ("variant", ["copy", "random"]),
     "model.aligner_ffn": ("variant", [True, False]),
     "model.projector_depth": ("int", 1, INF, False), "model.visual_pool": ("int", 1, INF, False),
@@ -34,6 +34,9 @@ RUN_RULES: dict[str, tuple] = {
     "model.attn_impl": ("choice", ["auto", "sdpa", "flash"], False), "model.compile": ("bool",),
     "model.compile_mode": ("choice", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                            False),
+    "model.text_visual_layers": ("variant", ["all", "vica", "0", "0,1", "-1"]),
+    "model.kv_only_layers": ("variant", ["none", "0", "1,-1"]),
+    "model.prune_after": ("int", 0, INF, False), "model.prune_ratio": ("float<", 0, 1, False),
     "model.llm.path": ("free",), "model.llm.vocab_size": ("int", 1, INF, False),
     "model.llm.hidden_size": ("int", 1, INF, False), "model.llm.intermediate_size": ("int", 1, INF, False),
     "model.llm.num_layers": ("int", 1, INF, False), "model.llm.num_heads": ("int", 1, INF, False),
@@ -97,7 +100,7 @@ def _numbers(rule: tuple):
 
 def _value(rule: tuple):
     kind = rule[0]
-    if kind in ("int", "float", "float>"):
+    if kind in ("int", "float", "float>", "float<"):
         return _numbers(rule)
     if kind in ("choice", "variant"):
         return st.sampled_from(list(rule[1]) + ["bogus", "NONE"])
@@ -113,11 +116,11 @@ def _value(rule: tuple):
 def _valid(key: str, rule: tuple, value) -> bool | None:
     """The table's verdict (None: a valid choice that may still make an undefined variant)."""
     kind = rule[0]
-    if kind in ("int", "float", "float>"):
+    if kind in ("int", "float", "float>", "float<"):
         _, low, high, optional = rule
         if value is None:
             return optional
-        ok = value > low if kind == "float>" else low <= value <= high
+        ok = {"float>": value > low, "float<": low <= value < high}.get(kind, low <= value <= high)
         return ok and _cross_ok(key, value)
     if kind == "choice":
         return value in rule[1]

@@ -1,25 +1,28 @@
-"""Self-attention (LLaVA) and composite attention (EE-MLLM), docs/DESIGN.md §1.
+"""One attention path for every variant (docs/DESIGN.md §1 and §8), driven by the layer's
+`LayerRule` (models/rules.py).
 
 Hidden states of one layer are a single tensor `h = [h_I; h_T]` of shape
 (B, Nv + Nt, d): Nv visual rows first, then Nt text rows. `x = norm1(h)`.
 
-`SelfAttention` (visual_attn=self) is the plain causal decoder attention over
-all N = Nv + Nt rows — LLaVA.
+- Visual rows that query (LLaVA, AKI, ShortV outside its layers): the plain causal decoder
+  attention over all N = Nv + Nt rows.
+- Visual rows as keys/values only (EE-MLLM, ViCA, SAISA, ShortV inside its layers), composite
+  attention:
 
-`CompositeAttention` (visual_attn=none) is EE-MLLM's:
+      Q = Wq x_T                       (text queries only: no Wq x_I)
+      K = Wk [x_I; x_T], V = Wv [x_I; x_T]   (RoPE on Q, K at their true positions)
+      h_T += Wo softmax(Q Kᵀ/√d + M) V
 
-    Q = Wq x_T                       (text queries only: no Wq x_I)
-    K = Wk [x_I; x_T], V = Wv [x_I; x_T]   (RoPE on Q, K at their true positions)
-    h_T += Wo softmax(Q Kᵀ/√d + M) V
+  where M lets text row i see every visual column and text columns <= i: a causal mask
+  aligned to the *bottom right* of the Nt x N score matrix (`bottom_right`: SDPA's
+  `causal_lower_right` in eager mode, a plain bool mask under torch.compile; or
+  `flash_attn_func(causal=True)`, which aligns bottom-right when seqlen_q < seqlen_k). There
+  are no Nv x Nv scores. When the image stands mid-text (`layout`: its `<image>` marker), M is
+  instead the dense mask over true positions, so text before the image sees no visual column.
+- Text that does not see the image in this layer (ViCA outside its layers): attention over the
+  text rows alone; the visual K/V are not computed, and the layer's cache holds none.
 
-where M lets text row i see every visual column and text columns <= i: a
-causal mask aligned to the *bottom right* of the Nt x N score matrix (`bottom_right`:
-SDPA's `causal_lower_right` in eager mode, a plain bool mask under torch.compile; or
-`flash_attn_func(causal=True)`, which aligns bottom-right when seqlen_q < seqlen_k). There are no Nv x Nv scores. When the
-image stands mid-text (`layout`: its `<image>` marker), M is instead the dense
-mask over true positions, so text before the image sees no visual column.
-
-Visual rows are updated by the aligner:
+Visual rows that do not query are updated as the rule says:
 
 - `reuse`: a visual token attending only to itself has softmax weight 1, so
   its attention output is its own value: h_I += Wo (Wv x_I). `Wv x_I` is the
@@ -28,14 +31,17 @@ Visual rows are updated by the aligner:
   then share one Wo matmul over [repeat(V_I); attn_T].
 - `fresh`: the same update with new per-layer weights Wv', Wo' of the same shapes
   (initialised as copies of Wv, Wo or at random).
-- `none`: h_I is not updated.
+- `none`: h_I is not updated (SAISA re-makes it from the vision features before the layer).
 
-Both classes return `(delta, start)`: the residual update for rows `start:`
-(start = 0, or Nv when the visual rows get no update).
+`Attention` returns `(delta, start, ranking)`: the residual update for rows `start:` (start =
+0, or Nv when the visual rows get no update) and, when asked, FastV's ranking of the visual
+tokens by the last query's attention. A layer with fewer keys than the mask has columns (its
+cache holds no or fewer visual keys) uses the mask's last columns.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -47,6 +53,7 @@ from eelight.models.config import LLMConfig
 from eelight.models.kv_cache import LayerCache
 from eelight.models.roles import ALIGNER, with_role
 from eelight.models.rope import apply_rope
+from eelight.models.rules import LayerRule
 
 try:  # optional CUDA extra
     from flash_attn import flash_attn_func
@@ -104,6 +111,8 @@ def attend(
     """
     b, lq, h, hd = q.shape
     lk = k.shape[1]
+    if mask is not None and mask.shape[-1] > lk:  # this layer keeps fewer keys (ViCA, FastV): the last lk
+        mask = mask[..., -lk:]
     if mask is None and use_flash(impl, q):
         return flash_attn_func(q, k, v, causal=True).reshape(b, lq, h * hd)
     if mask is None:
@@ -119,10 +128,32 @@ def attend(
     return out.transpose(1, 2).reshape(b, lq, h * hd)
 
 
-class SelfAttention(nn.Module):
-    """Grouped-query causal self-attention over every row (visual_attn=self, LLaVA)."""
+def _rows(mask: torch.Tensor | None, start: int) -> torch.Tensor | None:
+    """The mask's rows from `start` on (the queries when the rows before are not queries)."""
+    return mask if mask is None or start == 0 else mask[:, :, start:]
 
-    def __init__(self, cfg: LLMConfig, attn_impl: str = "auto") -> None:
+
+def last_query_visual_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, n_visual: int,
+                            from_end: int = 1) -> torch.Tensor:
+    """FastV's ranking: the attention probabilities of each sample's last query (`from_end`: the
+    query that many rows from the end; the prompt's last token when generating without a cache)
+    over the first `n_visual` keys (its visual tokens, at a prefill), averaged over heads: (B, Nv)."""
+    b, _, h, hd = q.shape
+    keys = repeat_kv(k, h // k.shape[2])
+    scores = torch.einsum("bhd,blhd->bhl", q[:, -from_end].float(), keys.float()) / math.sqrt(hd)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, :, -from_end, -keys.shape[1]:], float("-inf"))
+    elif from_end > 1:  # bottom-right causal: that query does not see the last from_end - 1 keys
+        scores[..., keys.shape[1] - from_end + 1:] = float("-inf")
+    return torch.softmax(scores, dim=-1)[..., :n_visual].mean(1)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention for every variant: which rows query and which keys they see
+    follow the layer's `LayerRule` (models/rules.py). Parameter names are HF Llama's, plus
+    `aligner_v`, `aligner_o` for aligner=fresh."""
+
+    def __init__(self, cfg: LLMConfig, aligner: str = "none", attn_impl: str = "auto") -> None:
         super().__init__()
         d, hd = cfg.hidden_size, cfg.dim_per_head
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, hd
@@ -131,6 +162,10 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        if aligner == "fresh":
+            # New trainable per-layer Wv', Wo' with the shapes of Wv, Wo (no weight reuse).
+            self.aligner_v = with_role(nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias), ALIGNER)
+            self.aligner_o = with_role(nn.Linear(cfg.num_heads * hd, d, bias=False), ALIGNER)
 
     def keys_values(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: LayerCache | None
@@ -155,50 +190,36 @@ class SelfAttention(nn.Module):
         n_visual: int,
         cos: torch.Tensor,
         sin: torch.Tensor,
+        rule: LayerRule,
         mask: torch.Tensor | None = None,
         cache: LayerCache | None = None,
-    ) -> tuple[torch.Tensor, int]:
-        k, v, _ = self.keys_values(x, cos, sin, cache)
-        out = attend(self.queries(x, cos, sin), k, v, mask, self.attn_impl)
-        return self.o_proj(out), 0
+        rank: int = 0,
+    ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """(the residual update of rows `start:`, start, FastV's visual ranking by the query `rank`
+        rows from the end; none when `rank` is 0)."""
+        nv = n_visual
+        if not rule.text_sees_visual:  # ViCA outside its layers: text over text, no visual K/V at all
+            k, v, _ = self.keys_values(x[:, nv:], cos[:, nv:], sin[:, nv:], cache)
+            q = self.queries(x[:, nv:], cos[:, nv:], sin[:, nv:])
+            return self.o_proj(attend(q, k, v, _rows(mask, nv), self.attn_impl)), nv, None
+        k, v, v_new = self.keys_values(x, cos, sin, cache)
+        start = 0 if rule.visual_queries else nv
+        q = self.queries(x[:, start:], cos[:, start:], sin[:, start:])  # visual queries only when they query
+        out = attend(q, k, v, _rows(mask, start), self.attn_impl)
+        probs = last_query_visual_probs(q, k, _rows(mask, start), nv, rank) if rank else None
+        if rule.visual_queries or nv == 0 or rule.update == "none":
+            return self.o_proj(out), start, probs
+        return self._update_visual(x, v_new, out, nv), 0, probs
 
-
-class CompositeAttention(SelfAttention):
-    """EE-MLLM composite attention (visual_attn=none): text queries only, aligner on visual rows."""
-
-    def __init__(self, cfg: LLMConfig, aligner: str = "reuse", attn_impl: str = "auto") -> None:
-        super().__init__(cfg, attn_impl)
-        self.aligner = aligner
-        if aligner == "fresh":
-            # New trainable per-layer Wv', Wo' with the shapes of Wv, Wo (no weight reuse).
-            self.aligner_v = with_role(nn.Linear(cfg.hidden_size, cfg.num_kv_heads * self.head_dim,
-                                                 bias=cfg.qkv_bias), ALIGNER)
-            self.aligner_o = with_role(nn.Linear(cfg.num_heads * self.head_dim, cfg.hidden_size, bias=False), ALIGNER)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        n_visual: int,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
-    ) -> tuple[torch.Tensor, int]:
-        n_rep = self.n_heads // self.n_kv_heads
-        k, v, v_new = self.keys_values(x, cos, sin, cache)  # keys/values over [I; T]
-        q = self.queries(x[:, n_visual:], cos[:, n_visual:], sin[:, n_visual:])  # (B, Nt, H, hd)
-        mask_t = None if mask is None else mask[:, :, n_visual:]  # the mask has a row per input row
-        attn_t = attend(q, k, v, mask_t, self.attn_impl)  # (B, Nt, H*hd)
-        if n_visual == 0 or self.aligner == "none":
-            return self.o_proj(attn_t), n_visual
-        b = x.shape[0]
-        if self.aligner == "reuse":
-            # Wv x_I is v_new[:, :Nv]: reuse it, and share one Wo matmul with the text rows.
-            v_i = repeat_kv(v_new[:, :n_visual], n_rep).reshape(b, n_visual, -1)
-            return self.o_proj(torch.cat([v_i, attn_t], dim=1)), 0
-        v_i = self.aligner_v(x[:, :n_visual]).view(b, n_visual, self.n_kv_heads, self.head_dim)
-        delta_i = self.aligner_o(repeat_kv(v_i, n_rep).reshape(b, n_visual, -1))
-        return torch.cat([delta_i, self.o_proj(attn_t)], dim=1), 0
+    def _update_visual(self, x: torch.Tensor, v_new: torch.Tensor, attn_t: torch.Tensor, nv: int) -> torch.Tensor:
+        """The aligner's update of the visual rows (each attends to itself alone), with the text's."""
+        b, n_rep = x.shape[0], self.n_heads // self.n_kv_heads
+        if not hasattr(self, "aligner_v"):  # reuse: Wv x_I is v_new[:, :Nv]; one Wo matmul for both
+            v_i = repeat_kv(v_new[:, :nv], n_rep).reshape(b, nv, -1)
+            return self.o_proj(torch.cat([v_i, attn_t], dim=1))
+        v_i = self.aligner_v(x[:, :nv]).view(b, nv, self.n_kv_heads, self.head_dim)
+        delta_i = self.aligner_o(repeat_kv(v_i, n_rep).reshape(b, nv, -1))
+        return torch.cat([delta_i, self.o_proj(attn_t)], dim=1)
 
     def copy_aligner_from_llm(self) -> None:
         """aligner_init=copy: start Wv', Wo' as copies of this layer's (loaded) Wv, Wo."""

@@ -12,14 +12,15 @@ overrides 1-3 fields) are looked up by exact name with `model_config(name)`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from eelight.config_rules import above, at_least, check_fields, one_of
+from eelight.config_rules import above, at_least, between, check_fields, one_of
 
 ARCHS = ("decoder", "flamingo")
 VISUAL_ATTNS = ("none", "self")
-ALIGNERS = ("reuse", "fresh", "none")
+ALIGNERS = ("reuse", "fresh", "none", "mlp")
 ALIGNER_INITS = ("copy", "random")
 ATTN_IMPLS = ("auto", "sdpa", "flash")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -36,6 +37,7 @@ VALID_VARIANTS: tuple[tuple[str, str, str, bool], ...] = (
     ("decoder", "none", "none", False),  # visual tokens stay the projector output
     ("decoder", "self", "reuse", True),  # LLaVA: plain decoder over [I; T]
     ("decoder", "self", "reuse", False),  # LLaVA attention, visual tokens skip the FFN
+    ("decoder", "none", "mlp", False),  # SAISA: visual rows re-made each layer by an MLP of the features
     ("flamingo", "none", "none", False),  # LLM sees text only; gated cross-attention
 )
 
@@ -123,7 +125,12 @@ class ModelConfig:
     cross_every: int = at_least(1, 1)  # flamingo: a gated cross-attention block before every k-th layer
     attn_impl: str = one_of(ATTN_IMPLS, "auto")  # auto: flash-attn on CUDA when installed, else SDPA
     compile: bool = False  # torch.compile the decoder's layer stack (inductor; CPU and CUDA)
-    compile_mode: str = one_of(COMPILE_MODES, "default")  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
+    compile_mode: str = one_of(COMPILE_MODES, "default")
+    # The successors (docs/DESIGN.md §8) as per-layer rules (models/rules.py):
+    text_visual_layers: str = "all"  # ViCA: layers where text sees the visual tokens (all | vica | 0,1,3)
+    kv_only_layers: str = "none"  # ShortV: layers where visual rows are keys/values only (none | 0,1,3)
+    prune_after: int = at_least(0, 0)  # FastV: after layer K-1 keep the visual tokens the last query saw most (0: off)
+    prune_ratio: float = between(0.0, 1.0, 0.5, below_hi=True)  # FastV: the fraction of visual tokens dropped  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
@@ -140,11 +147,31 @@ class ModelConfig:
                 f"aligner={self.aligner} aligner_ffn={str(self.aligner_ffn).lower()} "
                 f"has no defined meaning; valid combinations are: {valid}"
             )
+        self._check_successors()
         if self.aligner_init != "copy" and self.aligner != "fresh":
             raise ValueError(
                 f"model.aligner_init={self.aligner_init!r} only applies to model.aligner=fresh "
                 f"(got aligner={self.aligner!r}); leave aligner_init=copy"
             )
+
+
+    def _check_successors(self) -> None:
+        """ViCA's layer set needs composite attention with no visual update; ShortV's a LLaVA
+        model; FastV visual rows (docs/DESIGN.md §8). Layer indices are checked at build time."""
+        for key, words in (("text_visual_layers", ("all", "vica")), ("kv_only_layers", ("none",))):
+            value = str(getattr(self, key))
+            if value not in words and not re.fullmatch(r"-?\d+(,-?\d+)*", value):
+                raise ValueError(f"model.{key}={value!r} is not a layer set; use {' | '.join(words)} or "
+                                 "layer indices like 0,1,3")
+        if self.text_visual_layers != "all" and (self.visual_attn, self.aligner, self.aligner_ffn) != (
+                "none", "none", False):
+            raise ValueError("model.text_visual_layers (ViCA) needs visual_attn=none aligner=none aligner_ffn=false "
+                             "(visual tokens never updated); use model_preset=vica")
+        if self.kv_only_layers != "none" and (self.arch, self.visual_attn) != ("decoder", "self"):
+            raise ValueError("model.kv_only_layers (ShortV) applies to a LLaVA model (visual_attn=self); "
+                             "use model_preset=llava with it")
+        if self.prune_after and self.arch != "decoder":
+            raise ValueError("model.prune_after (FastV) prunes visual rows of the decoder; arch=flamingo has none")
 
 
 # Each preset overrides a few top-level fields of ModelConfig.
@@ -164,6 +191,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ee_mllm_pool2": {"visual_pool": 2},
     # The question-only baseline of VQA studies: a control that must lose wherever the image matters.
     "ee_mllm_blind": {"blind": True},
+    # The successors (docs/DESIGN.md §8).
+    "vica": {"aligner": "none", "text_visual_layers": "vica"},  # text sees visual tokens in a few layers
+    "saisa": {"aligner": "mlp"},  # a per-layer MLP of the vision features replaces the visual update
+    # Training-free on a LLaVA checkpoint: FastV keeps half (r75: a quarter) of the visual tokens after layer 1.
+    "fastv": {"visual_attn": "self", "aligner_ffn": True, "prune_after": 2, "prune_ratio": 0.5},
+    "fastv_r75": {"visual_attn": "self", "aligner_ffn": True, "prune_after": 2, "prune_ratio": 0.75},
 }
 
 

@@ -29,6 +29,6 @@ class KVCache:
 
     @property
     def length(self) -> int:
-        """Rows cached so far (0 before the prefill)."""
-        k = self.layers[0].k
-        return 0 if k is None else k.shape[1]
+        """Rows cached so far (0 before the prefill): the most any layer holds (a ViCA layer
+        without visual keys, or one after FastV's pruning, holds fewer)."""
+        return max((0 if layer.k is None else layer.k.shape[1]) for layer in self.layers)

@@ -70,7 +70,7 @@ class MLLM(nn.Module):
         self.cfg = replace(cfg, llm=llm)
         self.vision = with_role(VisionTower(cfg.vision, vision_config), VISION)
         self.projector = with_role(Projector(self.vision.hidden_size, llm.hidden_size, cfg.projector_depth), PROJECTOR)
-        self.decoder = Decoder(llm, cfg)
+        self.decoder = Decoder(llm, cfg, self.vision.hidden_size)
         self._pooled_tokens = self.vision.num_tokens // cfg.visual_pool**2
         if cfg.visual_pool > 1:  # fail at build time, not at the first batch
             pool_grid(torch.zeros(1, self.vision.num_tokens, 1), cfg.visual_pool)
@@ -132,9 +132,24 @@ class MLLM(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> visual tokens (B, Nv, d), the patch grid pooled by `visual_pool`.
         A `blind` model sees a black image whatever it is given."""
+        return self.projector(self.vision_features(pixel_values))
+
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> the tower's features (B, Nv, d_vision), pooled: the projector's input."""
         if self.cfg.blind:
             pixel_values = torch.zeros_like(pixel_values)
-        return self.projector(pool_grid(self.vision(pixel_values), self.cfg.visual_pool))
+        return pool_grid(self.vision(pixel_values), self.cfg.visual_pool)
+
+    def _visual(self, pixel_values, visual_tokens, features) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(visual tokens, the features SAISA's layers read, else None) from the images or as given."""
+        saisa = self.cfg.aligner == "mlp"
+        if visual_tokens is None and pixel_values is not None:
+            features = self.vision_features(pixel_values)
+            return self.projector(features), features if saisa else None
+        if saisa and visual_tokens is not None and features is None:
+            raise ValueError("model.aligner=mlp (SAISA) re-makes the visual rows from the vision features in every "
+                             "layer: pass pixel_values (or visual_features with visual_tokens)")
+        return visual_tokens, features if saisa else None
 
     def _check_lengths(self, n_visual: int, n_text: int) -> None:
         if n_text == 0:
@@ -154,6 +169,8 @@ class MLLM(nn.Module):
         cache: KVCache | None = None,
         start: torch.Tensor | None = None,
         image_offset: torch.Tensor | int | None = None,
+        features: torch.Tensor | None = None,
+        rank_from_end: int = 1,
     ) -> torch.Tensor:
         """One pass of the LLM over new text tokens: the prefill (start None) or a cached
         decoding step. visual (B, Nv, d) or None; text_valid (B, L_text_so_far) bool or None
@@ -161,9 +178,10 @@ class MLLM(nn.Module):
         after everything); image_offset: real text tokens before the image (`layout`), None = 0."""
         if self.cfg.arch == "flamingo":
             return self._run_flamingo(input_ids, visual, text_valid, cache, start, image_offset)
-        return self._run_rows(input_ids, visual, text_valid, cache, start, image_offset)
+        return self._run_rows(input_ids, visual, text_valid, cache, start, image_offset, features, rank_from_end)
 
-    def _run_rows(self, input_ids, visual, text_valid, cache, start, image_offset) -> torch.Tensor:
+    def _run_rows(self, input_ids, visual, text_valid, cache, start, image_offset, features=None,
+                  rank_from_end: int = 1) -> torch.Tensor:
         """arch=decoder: the visual tokens are rows of the LLM, h = [h_I; h_T]. At a cached
         decoding step `visual` is None: its keys and values are in the cache."""
         b, nt = input_ids.shape
@@ -182,7 +200,7 @@ class MLLM(nn.Module):
             mask = _padding_mask(text_valid, n_keys, nv + nt)
         else:  # the image mid-text: the dense mask over true positions
             mask = layout.position_mask(positions, _key_valid(text_valid, b, nt, n_keys, h.device))
-        return self.decoder(h, nv, positions, mask, cache)
+        return self.decoder(h, nv, positions, mask, cache, features=features, rank_from_end=rank_from_end)
 
     def _run_flamingo(self, input_ids, visual, text_valid, cache, start, image_offset) -> torch.Tensor:
         """arch=flamingo: the LLM's rows are text only; its gated cross-attention blocks attend
@@ -208,16 +226,16 @@ class MLLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         visual_tokens: torch.Tensor | None = None,
         image_offset: torch.Tensor | int | None = None,
+        visual_features: torch.Tensor | None = None,
     ) -> MLLMOutput:
         """input_ids (B, Nt); pixel_values (B, C, S, S) or precomputed visual_tokens
         (B, Nv, d); labels (B, Nt) with -100 where no loss; attention_mask (B, Nt)
         1 for real tokens (left padding); image_offset (B,) real text tokens before the
         image, where its `<image>` marker stood (None: the image comes first).
         Returns text logits and the next-token loss."""
-        if visual_tokens is None and pixel_values is not None:
-            visual_tokens = self.encode_images(pixel_values)
+        visual_tokens, features = self._visual(pixel_values, visual_tokens, visual_features)
         valid = None if attention_mask is None else attention_mask.bool()
-        logits = self._run(input_ids, visual_tokens, valid, image_offset=image_offset)
+        logits = self._run(input_ids, visual_tokens, valid, image_offset=image_offset, features=features)
         loss = None if labels is None else next_token_loss(logits, labels)
         return MLLMOutput(logits=logits, loss=loss)
 
@@ -236,7 +254,7 @@ class MLLM(nn.Module):
         keeps emitting EOS. image_offset as in `forward` (new tokens come after the image).
         With a cache, new text tokens decode against the cached visual and text K/V (and
         Flamingo's cached cross-attention K/V)."""
-        visual = None if pixel_values is None else self.encode_images(pixel_values)
+        visual, features = self._visual(pixel_values, None, None)
         b = input_ids.shape[0]
         valid = (
             torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -244,7 +262,7 @@ class MLLM(nn.Module):
         cache = KVCache(len(self.decoder.layers)) if use_cache else None
         ids, out = input_ids, []
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        logits = self._run(ids, visual, valid, cache, image_offset=image_offset)
+        logits = self._run(ids, visual, valid, cache, image_offset=image_offset, features=features)
         nv = visual.shape[1] if visual is not None and self.cfg.arch == "decoder" else 0
         next_pos = nv + valid.long().sum(-1)  # RoPE position of the next token
         for step in range(max_new_tokens):
@@ -258,7 +276,9 @@ class MLLM(nn.Module):
             valid = torch.cat([valid, valid.new_ones(b, 1)], dim=1)
             if cache is None:
                 ids = torch.cat([ids, token[:, None]], dim=1)
-                logits = self._run(ids, visual, valid, image_offset=image_offset)
+                # FastV ranks by the prompt's last token, as the cached prefill did
+                logits = self._run(ids, visual, valid, image_offset=image_offset, features=features,
+                                   rank_from_end=len(out) + 1)
             else:
                 vis = visual if self.cfg.arch == "flamingo" else None  # decoder: visual K/V are cached
                 logits = self._run(token[:, None], vis, valid, cache, start=next_pos)
