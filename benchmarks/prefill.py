@@ -28,11 +28,21 @@ from eelight.models import LLMConfig, model_config
 from eelight.models.decoder import Decoder
 
 VISION_WIDTH = 1024  # CLIP ViT-L/14's features, what SAISA's per-layer MLPs read
+# Rows that are a preset with overrides: ShortV with half the layers' visual rows frozen (its
+# calibration froze 19 of 32 at 7B), the layers after the first half.
+VARIANTS = {"shortv": ("llava", {"kv_only_layers": "second_half"})}
+
+
+def variant_config(name: str, llm: LLMConfig, attn_impl: str):
+    preset, kw = VARIANTS.get(name, (name, {}))
+    if kw.get("kv_only_layers") == "second_half":
+        kw = {**kw, "kv_only_layers": ",".join(str(i) for i in range(llm.num_layers // 2, llm.num_layers))}
+    return model_config(preset, llm=llm, attn_impl=attn_impl, **kw)
 
 
 def _pass(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torch.dtype, attn_impl: str):
     """A decoder with random weights on `device` and a function running its layers once."""
-    cfg = model_config(preset, llm=llm, attn_impl=attn_impl)
+    cfg = variant_config(preset, llm, attn_impl)
     with torch.device(device):
         decoder = Decoder(llm, cfg, VISION_WIDTH).to(dtype).eval()
         flamingo = cfg.arch == "flamingo"

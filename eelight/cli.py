@@ -5,6 +5,7 @@
     eelight demo [key=value ...]
     eelight eval runs/ee_mllm_tiny/instruct benchmarks=[mmbench,textvqa] [eval.data_root=...] [model.visual_attn=none]
     eelight sweep sweeps/weight_reuse.yaml [key=value ...] [--max-trials N] [--storage URL]
+    eelight shortv runs/llava_tiny/instruct [--samples 40] [--freeze N]   # then: eelight eval RUN model_preset=shortv
     eelight services start|stop [--dir services]   # local PostgreSQL + MLflow server
     eelight report weight_reuse
     eelight export --study weight_reuse --out exported/ [--register NAME]
@@ -117,6 +118,12 @@ def _eval(args: argparse.Namespace) -> None:
     main(args.target, args.overrides, out=args.out, log=not args.no_mlflow)
 
 
+def _shortv(args: argparse.Namespace) -> None:
+    from eelight.evaluate.shortv import calibrate
+
+    print(json.dumps(calibrate(args.run, args.samples, args.freeze)))
+
+
 def _services(args: argparse.Namespace) -> None:
     from eelight import services
 
@@ -179,6 +186,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where predictions go (default TARGET/eval/<variant>)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("shortv", help="choose the layers ShortV freezes in a trained LLaVA run (writes RUN/shortv.json)")
+    p.add_argument("run", help="runs/<name>/<stage> of a LLaVA run")
+    p.add_argument("--samples", type=int, default=40, help="calibration samples from its training shards")
+    p.add_argument("--freeze", type=int, default=None, help="layers to freeze (default: 19/32 of the depth)")
+    p.set_defaults(fn=_shortv)
     p = sub.add_parser("services", help="start/stop a local PostgreSQL (study storage) + MLflow server pair")
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--dir", default="services", help="where their data, logs and addresses live")

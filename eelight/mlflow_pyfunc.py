@@ -49,7 +49,7 @@ class EelightModel(mlflow.pyfunc.PythonModel):
             pixels = self.transform.to_uint8(Image.open(image_path))[None]
             out = self.model.generate(torch.tensor([ask.ids]), pixels, eos_token_id=self.tokenizer.eos_token_id,
                                       max_new_tokens=int(params.get("max_new_tokens", 16)),
-                                      image_offset=ask.image_offset)
+                                      image_offset=ask.image_offset, question_end=torch.tensor([ask.question_end]))
             answers.append(self.tokenizer.decode(out[0], skip_special_tokens=True).strip())
         return answers
 

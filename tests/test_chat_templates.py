@@ -55,7 +55,7 @@ def test_auto_renders_as_the_tokenizer_and_supervises_exactly_the_answers(style)
     tpl = template("auto", tok)
     pieces, image_at = tpl.pieces(CONV)
     assert "".join(text for text, _ in pieces) == tok.apply_chat_template(_messages(CONV), tokenize=False)
-    ids, labels, offset = encode(CONV, tpl, tok, max_length=512)
+    ids, labels, offset, _ = encode(CONV, tpl, tok, max_length=512)
     lead = " " if style == "vicuna" else ""  # Vicuna's generation prompt stops before the space
     assert [tok.decode(r) for r in _runs(ids, labels)] == [
         lead + "The circle is red." + end, lead + "There are three squares." + end]

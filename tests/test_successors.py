@@ -22,6 +22,7 @@ CASES = {
     "saisa": dict(preset="saisa", queries=[0] * 4, sees=[1] * 4, ffn=[0] * 4, saisa=True),
     "fastv": dict(preset="fastv", queries=[1] * 4, sees=[1] * 4, ffn=[1] * 4, prune=(2, 0.5)),
     "fastv_r75": dict(preset="fastv_r75", queries=[1] * 4, sees=[1] * 4, ffn=[1] * 4, prune=(2, 0.75)),
+    "aki": dict(preset="aki", queries=[1] * 4, sees=[1] * 4, ffn=[1] * 4, question_end=5),
     "ee_mllm_fastv": dict(preset="ee_mllm", kw={"prune_after": 1, "prune_ratio": 0.5, "aligner": "none"},
                           queries=[0] * 4, sees=[1] * 4, ffn=[0] * 4, prune=(1, 0.5)),
 }
@@ -70,6 +71,11 @@ def _attend(w, x, query, keys, pos, cfg):
     return torch.cat(outs), torch.stack(probs).mean(0)
 
 
+def _reads(r, j, nv, offset, case):
+    """AKI: image row r also sees text row j after the image and before the first answer."""
+    return r < nv and j >= nv and offset <= j - nv < case.get("question_end", 0)
+
+
 def reference(model, visual, features, ids, offset, case):
     """One sample: rows [I; T], sequence T[:offset], I, T[offset:] (`pos`: each row's place)."""
     dec, cfg = model.decoder, model.decoder.cfg
@@ -91,7 +97,8 @@ def reference(model, visual, features, ids, offset, case):
         queries = list(range(nv, n)) + (vis if case["queries"][li] else [])
         ranking = None
         for r in queries:
-            keys = [j for j in order if j in alive and pos[j] <= pos[r] and (r < nv or j >= nv or case["sees"][li])]
+            keys = [j for j in order if j in alive and (pos[j] <= pos[r] or _reads(r, j, nv, offset, case))
+                    and (r < nv or j >= nv or case["sees"][li])]
             out, probs = _attend(w, x, r, keys, pos, cfg)
             new[r] = h[r] + w["self_attn.o_proj.weight"] @ out
             if r == n - 1:  # the last query's attention over the visual tokens (FastV)
@@ -117,7 +124,8 @@ def test_equals_the_per_token_reference(llama4, name, offset):
     torch.manual_seed(1)
     pixels, ids = torch.randn(1, 3, 32, 32), torch.randint(0, 96, (1, NT))
     with torch.no_grad():
-        logits = model(ids, pixels, image_offset=torch.tensor([offset])).logits[0]
+        logits = model(ids, pixels, image_offset=torch.tensor([offset]),
+                       question_end=torch.tensor([case.get("question_end", NT)])).logits[0]
         features = model.vision_features(pixels)
         visual = model.projector(features)
     assert rel_err(logits.double(), reference(model, visual, features, ids, offset, case)) < 1e-5
@@ -135,10 +143,12 @@ def test_cached_generation_equals_uncached_and_a_padded_batch_each_sample(llama4
     for i, n in enumerate(lengths):
         sample = torch.randint(0, 90, (1, n))
         ids[i, 7 - n:], mask[i, 7 - n:] = sample[0], 1  # left padding
-        alone.append(model.generate(sample, pixels[i:i + 1], max_new_tokens=6))
-    together = model.generate(ids, pixels, attention_mask=mask, max_new_tokens=6)
+        alone.append(model.generate(sample, pixels[i:i + 1], max_new_tokens=6, question_end=n - 1))
+    question_end = torch.tensor(lengths) - 1  # AKI's image reads all but each prompt's last token
+    together = model.generate(ids, pixels, attention_mask=mask, max_new_tokens=6, question_end=question_end)
     assert torch.equal(together, torch.cat(alone))
-    assert torch.equal(together, model.generate(ids, pixels, attention_mask=mask, max_new_tokens=6, use_cache=False))
+    assert torch.equal(together, model.generate(ids, pixels, attention_mask=mask, max_new_tokens=6, use_cache=False,
+                                                question_end=question_end))
 
 
 def test_vica_layers_outside_its_set_hold_no_visual_keys_in_the_cache(llama4):

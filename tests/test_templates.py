@@ -86,16 +86,29 @@ def _runs(ids, labels):
 @pytest.mark.parametrize("name", ["vicuna_v1", "probe", "llama3", "chatml"])
 def test_supervised_tokens_are_exactly_the_answers(name):
     tok = _bpe()
-    ids, labels, _ = encode(CONV, template(name), tok, max_length=512)
+    ids, labels, *_ = encode(CONV, template(name), tok, max_length=512)
     answers = [tok.decode(run) for run in _runs(ids, labels)]
     assert answers == ["The circle is red." + END[name], "There are three squares." + END[name]]
     assert "What colour" in tok.decode(ids) and "<image>" not in tok.decode(ids)
 
 
+@pytest.mark.parametrize("name", ["vicuna_v1", "probe", "llama3", "chatml"])
+def test_question_end_is_where_the_first_assistant_turn_starts(name):
+    """AKI's image reads the question up to, not including, the first assistant turn."""
+    tok = _bpe()
+    ids, _, offset, question_end = encode(CONV, template(name), tok, max_length=512)
+    header = TEMPLATES[name].assistant.strip()
+    assert offset < question_end
+    assert tok.decode(ids[question_end:]).lstrip().startswith(header)
+    assert header not in tok.decode(ids[:question_end]) and "What colour" in tok.decode(ids[offset:question_end])
+
+
 def test_plain_caption_supervises_caption_and_eos():
     tok = _bpe()
-    ids, labels, offset = encode([{"from": "gpt", "value": "The circle is red."}], template("plain"), tok, 64)
+    ids, labels, offset, question_end = encode([{"from": "gpt", "value": "The circle is red."}], template("plain"),
+                                               tok, 64)
     assert offset == 0  # no marker: the image comes first
+    assert question_end == 1  # no question: the caption (after BOS) is the first answer, AKI stays causal
     assert ids[0] == tok.bos_token_id and labels[0] == IGNORE_INDEX
     assert [tok.decode(r) for r in _runs(ids, labels)] == ["The circle is red.</s>"]
 
@@ -103,9 +116,9 @@ def test_plain_caption_supervises_caption_and_eos():
 @pytest.mark.parametrize("name", ["vicuna_v1", "llama3", "chatml"])
 def test_truncation_keeps_a_prefix_and_never_yields_an_empty_loss(name):
     tok = _bpe()
-    full_ids, full_labels, _ = encode(CONV, template(name), tok, max_length=512)
+    full_ids, full_labels, *_ = encode(CONV, template(name), tok, max_length=512)
     second = [i for i, lab in enumerate(full_labels) if lab != IGNORE_INDEX][-3]  # inside the 2nd answer
-    ids, labels, _ = encode(CONV, template(name), tok, max_length=second)
+    ids, labels, *_ = encode(CONV, template(name), tok, max_length=second)
     assert ids == full_ids[:second] and labels == full_labels[:second]
     first_answer = next(i for i, lab in enumerate(full_labels) if lab != IGNORE_INDEX)
     with pytest.raises(NoAnswerLeft, match=f"data.max_length={first_answer}"):
@@ -150,7 +163,7 @@ BEFORE_IMAGE = {
 @pytest.mark.parametrize("name", sorted(BEFORE_IMAGE))
 def test_image_offset_is_where_the_marker_stood(name):
     tok, tpl = _bpe(), template(name)
-    ids, labels, offset = encode(CONV, tpl, tok, max_length=512)
+    ids, labels, offset, _ = encode(CONV, tpl, tok, max_length=512)
     bos = [tok.bos_token_id] if tpl.bos else []
     assert ids[:offset] == bos + [
         t for piece in BEFORE_IMAGE[name] for t in tok.encode(piece, add_special_tokens=False)
@@ -158,7 +171,7 @@ def test_image_offset_is_where_the_marker_stood(name):
     assert tok.decode(ids[:offset]) == ("<s>" if tpl.bos else "") + "".join(BEFORE_IMAGE[name])
     assert tok.decode(ids[offset:]).startswith("What colour is the circle?")
     # The same conversation with the image first: the text is unchanged, only the offset moves.
-    start_ids, start_labels, start_offset = encode(CONV, tpl, tok, max_length=512, placement="start")
+    start_ids, start_labels, start_offset, _ = encode(CONV, tpl, tok, max_length=512, placement="start")
     assert start_offset == 0 and tok.decode(start_ids) == tok.decode(ids)
     # A generation prompt is the conversation's own prefix, with the same offset.
     p = prompt("What colour is the circle?", tpl, tok)
@@ -169,10 +182,10 @@ def test_image_offset_is_where_the_marker_stood(name):
 def test_marker_mid_question_at_its_end_and_in_a_later_turn():
     tok, tpl = _bpe(), template("probe")
     mid = [{"from": "human", "value": "What colour is <image> the circle?"}, {"from": "gpt", "value": "red"}]
-    ids, _, offset = encode(mid, tpl, tok, 64)
+    ids, _, offset, _ = encode(mid, tpl, tok, 64)
     assert tok.decode(ids[:offset]) == "<s>USER: What colour is "
     end = [{"from": "human", "value": "What colour is the circle?\n<image>"}, {"from": "gpt", "value": "red"}]
-    ids, _, offset = encode(end, tpl, tok, 64)
+    ids, _, offset, _ = encode(end, tpl, tok, 64)
     assert tok.decode(ids[:offset]) == "<s>USER: What colour is the circle?"
     assert tok.decode(ids[offset:]).startswith(" ASSISTANT:")
     later = [
@@ -181,14 +194,14 @@ def test_marker_mid_question_at_its_end_and_in_a_later_turn():
         CONV[2] | {"value": "<image>\n" + CONV[2]["value"]},
         CONV[3],
     ]
-    ids, labels, offset = encode(later, tpl, tok, 512)
+    ids, labels, offset, _ = encode(later, tpl, tok, 512)
     assert tok.decode(ids[offset:]).startswith("And how many squares")
     assert tok.decode(
         [t for t, lab in zip(ids[:offset], labels[:offset], strict=True) if lab != IGNORE_INDEX]
     ) == ("The circle is red.</s>")  # the first answer is learnt before the image is seen
     # Truncated inside the second question, before its marker: the image stands after the last token.
     cut = offset - 2
-    ids, _, offset = encode(later, tpl, tok, cut)
+    ids, _, offset, _ = encode(later, tpl, tok, cut)
     assert len(ids) == cut and offset == cut
 
 
@@ -198,14 +211,14 @@ def test_plain_marker_turn_puts_the_image_after_bos():
         {"from": "human", "value": "Describe the photo.\n<image>"},
         {"from": "gpt", "value": "The circle is red."},
     ]
-    ids, labels, offset = encode(turns, template("plain"), tok, 64)
+    ids, labels, offset, _ = encode(turns, template("plain"), tok, 64)
     assert offset == 1 and ids[0] == tok.bos_token_id  # LLaVA's plain layout: BOS, image, caption
     assert tok.decode(ids[1:]) == "The circle is red.</s>"
 
 
 def test_no_marker_means_image_first_and_two_markers_are_an_error():
     tok = _bpe()
-    ids, _, offset = encode(
+    ids, _, offset, _ = encode(
         [{"from": "human", "value": "What?"}, {"from": "gpt", "value": "red"}], template("probe"), tok, 64
     )
     assert offset == 0

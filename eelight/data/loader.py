@@ -267,7 +267,7 @@ def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl, processor, 
         except ValueError as exn:  # malformed turns
             raise BadSample("json", f"sample {sample.get('__key__')}: {exn}", sample) from exn
     return {"key": sample["__key__"], "pixels_uint8": processor.to_uint8(image), "input_ids": enc.ids,
-            "labels": enc.labels, "image_offset": enc.image_offset, "cut": cut}
+            "labels": enc.labels, "image_offset": enc.image_offset, "question_end": enc.question_end, "cut": cut}
 
 
 def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -283,6 +283,7 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return {"keys": [e["key"] for e in examples], "input_ids": ids, "labels": labels,
             "pixel_values": torch.stack([e["pixels_uint8"] for e in examples]),
             "image_offset": torch.tensor([e["image_offset"] for e in examples], dtype=torch.long),
+            "question_end": torch.tensor([e.get("question_end", 0) for e in examples], dtype=torch.long),
             "cut": sum(bool(e.get("cut")) for e in examples)}  # samples whose text data.max_length cut
 
 

@@ -99,6 +99,7 @@ class Encoded(NamedTuple):
     ids: list[int]
     labels: list[int]  # -100 where there is no loss
     image_offset: int  # tokens before the visual block (0: the image comes first)
+    question_end: int  # tokens before the first assistant turn (its header, or its answer): AKI's image reads up to here
 
 
 def _split_marker(value: str) -> tuple[str, int | None]:
@@ -159,10 +160,12 @@ def _assemble(pieces: list[tuple[str, bool]], image_at: int | None, tpl: ChatTem
     """BOS + the pieces tokenised one by one; image_offset = the tokens before piece image_at."""
     ids: list[int] = [tokenizer.bos_token_id] if tpl.bos and tokenizer.bos_token_id is not None else []
     labels = [IGNORE_INDEX] * len(ids)
-    offset = 0
-    for i, ((_, supervised), toks) in enumerate(zip(pieces, _encode_pieces(tokenizer, pieces), strict=True)):
+    offset, question_end = 0, None
+    for i, ((text, supervised), toks) in enumerate(zip(pieces, _encode_pieces(tokenizer, pieces), strict=True)):
         if i == image_at:
             offset = len(ids)
+        if question_end is None and (supervised or text == getattr(tpl, "assistant", None)):
+            question_end = len(ids)
         ids += toks
         labels += toks if supervised else [IGNORE_INDEX] * len(toks)
         answer_ends = supervised and (i + 1 == len(pieces) or not pieces[i + 1][1])
@@ -171,7 +174,7 @@ def _assemble(pieces: list[tuple[str, bool]], image_at: int | None, tpl: ChatTem
             labels.append(tokenizer.eos_token_id)
     if image_at == len(pieces):  # the marker ends the conversation
         offset = len(ids)
-    return Encoded(ids, labels, offset)
+    return Encoded(ids, labels, offset, len(ids) if question_end is None else question_end)
 
 
 def encode(
@@ -188,12 +191,12 @@ def encode_counted(
     """`encode`, and whether max_length cut tokens off (the loader counts such samples)."""
     if placement not in PLACEMENTS:
         raise ValueError(f"data.image_placement={placement!r}; choose one of {list(PLACEMENTS)}")
-    ids, labels, offset = _assemble(*tpl.pieces(turns, placement), tpl, tokenizer)
+    ids, labels, offset, question_end = _assemble(*tpl.pieces(turns, placement), tpl, tokenizer)
     cut = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels[1:]):
         raise NoAnswerLeft(f"no answer token left within data.max_length={max_length}")
-    return Encoded(ids, labels, min(offset, len(ids))), cut
+    return Encoded(ids, labels, min(offset, len(ids)), min(question_end, len(ids))), cut
 
 
 def prompt(question: str, tpl: ChatTemplate, tokenizer, placement: str = "marker") -> Encoded:

@@ -79,9 +79,10 @@ def generate_answers(asker: Asker, items: list[Item], benchmark: str) -> list[st
         asks = [asker.encode(item.question) for item in chunk]
         ids, mask = _left_pad([a.ids for a in asks], pad)
         offsets = torch.tensor([a.image_offset for a in asks], device=device)
+        questions = torch.tensor([a.question_end for a in asks], device=device)
         out = asker.model.generate(ids.to(device), _pixels(asker, chunk, benchmark).to(device),
                                    attention_mask=mask.to(device), max_new_tokens=asker.max_new_tokens,
-                                   eos_token_id=asker.stop_id, image_offset=offsets)
+                                   eos_token_id=asker.stop_id, image_offset=offsets, question_end=questions)
         for row in out.tolist():
             row = row[: row.index(asker.stop_id)] if asker.stop_id in row else row
             answers.append(asker.tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -109,8 +110,9 @@ def likelihood_answers(asker: Asker, items: list[Item], benchmark: str) -> tuple
         ids, mask = _left_pad([ask.ids + answer for _, _, ask, answer in chunk], pad)
         batch_pixels = torch.stack([cache[n] for n, *_ in chunk])
         offsets = torch.tensor([ask.image_offset for _, _, ask, _ in chunk], device=device)
+        questions = torch.tensor([ask.question_end for _, _, ask, _ in chunk], device=device)
         logits = asker.model(ids.to(device), batch_pixels.to(device), attention_mask=mask.to(device),
-                             image_offset=offsets).logits.float()
+                             image_offset=offsets, question_end=questions).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
         width = ids.shape[1]
         for i, (n, letter, _, answer) in enumerate(chunk):

@@ -13,6 +13,8 @@ from typing import Any
 from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
 
+SHORTV_FILE = "shortv.json"  # a run's ShortV calibration (`eelight shortv`, evaluate/shortv.py)
+
 
 @dataclass
 class Target:
@@ -100,6 +102,8 @@ def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: 
     if ckpt is None:
         raise ConfigError(f"{folder} has no last.ckpt: train the stage first (or pass an exported folder)")
     cfg = read_run_config(folder / "config.yaml", model_over + other)
+    if cfg.model.kv_only_layers == "auto":
+        cfg.model.kv_only_layers = calibrated_layers(folder)
     model = build_mllm(cfg.model)
     try:
         init_from_checkpoint(model, ckpt)
@@ -111,6 +115,17 @@ def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: 
                   cfg.data.template, cfg.data.image_placement, _eval_config(cfg.eval, eval_over),
                   label=f"{cfg.name}/{cfg.stage}", variant_overrides=model_over, run_dir=folder, run_cfg=cfg,
                   step=checkpoint_step(ckpt), system_prompt=cfg.data.system_prompt)
+
+
+def calibrated_layers(run_dir: Path) -> str:
+    """`model.kv_only_layers=auto` (ShortV) on a run folder: the layers its calibration chose."""
+    path = run_dir / SHORTV_FILE
+    if not path.is_file():
+        raise ConfigError(f"model.kv_only_layers=auto (ShortV) needs {path}: run `eelight shortv {run_dir}` first")
+    try:
+        return str(json.loads(path.read_text())["kv_only_layers"])
+    except (ValueError, KeyError, TypeError) as exn:
+        raise ConfigError(f"{path} is not a ShortV calibration record; rerun `eelight shortv {run_dir}`") from exn
 
 
 def _load_export(folder: Path, model_over: list[str], eval_over: list[str], other: list[str]) -> Target:

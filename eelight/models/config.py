@@ -130,7 +130,8 @@ class ModelConfig:
     text_visual_layers: str = "all"  # ViCA: layers where text sees the visual tokens (all | vica | 0,1,3)
     kv_only_layers: str = "none"  # ShortV: layers where visual rows are keys/values only (none | 0,1,3)
     prune_after: int = at_least(0, 0)  # FastV: after layer K-1 keep the visual tokens the last query saw most (0: off)
-    prune_ratio: float = between(0.0, 1.0, 0.5, below_hi=True)  # FastV: the fraction of visual tokens dropped  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
+    prune_ratio: float = between(0.0, 1.0, 0.5, below_hi=True)  # FastV: the fraction of visual tokens dropped
+    visual_reads_question: bool = False  # AKI: image rows also see the question after them (LLaVA only)  # torch.compile mode: default / reduce-overhead (CUDA graphs) / max-autotune
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
 
@@ -158,7 +159,7 @@ class ModelConfig:
     def _check_successors(self) -> None:
         """ViCA's layer set needs composite attention with no visual update; ShortV's a LLaVA
         model; FastV visual rows (docs/DESIGN.md §8). Layer indices are checked at build time."""
-        for key, words in (("text_visual_layers", ("all", "vica")), ("kv_only_layers", ("none",))):
+        for key, words in (("text_visual_layers", ("all", "vica")), ("kv_only_layers", ("none", "auto"))):
             value = str(getattr(self, key))
             if value not in words and not re.fullmatch(r"-?\d+(,-?\d+)*", value):
                 raise ValueError(f"model.{key}={value!r} is not a layer set; use {' | '.join(words)} or "
@@ -170,6 +171,9 @@ class ModelConfig:
         if self.kv_only_layers != "none" and (self.arch, self.visual_attn) != ("decoder", "self"):
             raise ValueError("model.kv_only_layers (ShortV) applies to a LLaVA model (visual_attn=self); "
                              "use model_preset=llava with it")
+        if self.visual_reads_question and (self.arch, self.visual_attn) != ("decoder", "self"):
+            raise ValueError("model.visual_reads_question (AKI) needs visual rows that query (visual_attn=self); "
+                             "use model_preset=aki")
         if self.prune_after and self.arch != "decoder":
             raise ValueError("model.prune_after (FastV) prunes visual rows of the decoder; arch=flamingo has none")
 
@@ -197,6 +201,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Training-free on a LLaVA checkpoint: FastV keeps half (r75: a quarter) of the visual tokens after layer 1.
     "fastv": {"visual_attn": "self", "aligner_ffn": True, "prune_after": 2, "prune_ratio": 0.5},
     "fastv_r75": {"visual_attn": "self", "aligner_ffn": True, "prune_after": 2, "prune_ratio": 0.75},
+    # ShortV on a LLaVA run: the layers its calibration chose (`eelight shortv RUN`) leave visual rows frozen.
+    "shortv": {"visual_attn": "self", "aligner_ffn": True, "kv_only_layers": "auto"},
+    # LLaVA whose image tokens also read the question (text after the image, before the first answer).
+    "aki": {"visual_attn": "self", "aligner_ffn": True, "visual_reads_question": True},
 }
 
 

@@ -44,6 +44,18 @@ def position_mask(positions: torch.Tensor, key_valid: torch.Tensor) -> torch.Ten
     return (allowed | torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device))[:, None]
 
 
+def with_question(mask: torch.Tensor, ranks: torch.Tensor, offset: torch.Tensor, question_end: torch.Tensor,
+                  text_valid: torch.Tensor | None, n_visual: int) -> torch.Tensor:
+    """AKI: the visual rows of a dense (B, 1, N, N) mask over rows [I; T] also see the text after
+    the image up to, not including, the first assistant turn: ranks offset..question_end - 1."""
+    reads = (ranks >= offset[:, None]) & (ranks < question_end.to(ranks.device)[:, None])
+    if text_valid is not None:
+        reads &= text_valid
+    mask = mask.clone()
+    mask[:, 0, :n_visual, n_visual:] |= reads[:, None, :]
+    return mask
+
+
 def text_ranks(text_valid: torch.Tensor | None, b: int, nt: int, device: torch.device) -> torch.Tensor:
     """(B, Nt) index of each text row among its sample's real tokens (left padding -> 0)."""
     if text_valid is None:

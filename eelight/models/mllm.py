@@ -171,6 +171,7 @@ class MLLM(nn.Module):
         image_offset: torch.Tensor | int | None = None,
         features: torch.Tensor | None = None,
         rank_from_end: int = 1,
+        question_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One pass of the LLM over new text tokens: the prefill (start None) or a cached
         decoding step. visual (B, Nv, d) or None; text_valid (B, L_text_so_far) bool or None
@@ -178,10 +179,11 @@ class MLLM(nn.Module):
         after everything); image_offset: real text tokens before the image (`layout`), None = 0."""
         if self.cfg.arch == "flamingo":
             return self._run_flamingo(input_ids, visual, text_valid, cache, start, image_offset)
-        return self._run_rows(input_ids, visual, text_valid, cache, start, image_offset, features, rank_from_end)
+        return self._run_rows(input_ids, visual, text_valid, cache, start, image_offset, features, rank_from_end,
+                              question_end)
 
     def _run_rows(self, input_ids, visual, text_valid, cache, start, image_offset, features=None,
-                  rank_from_end: int = 1) -> torch.Tensor:
+                  rank_from_end: int = 1, question_end=None) -> torch.Tensor:
         """arch=decoder: the visual tokens are rows of the LLM, h = [h_I; h_T]. At a cached
         decoding step `visual` is None: its keys and values are in the cache."""
         b, nt = input_ids.shape
@@ -195,11 +197,16 @@ class MLLM(nn.Module):
             positions = start[:, None] + torch.arange(nt, device=h.device)
             return self.decoder(h, nv, positions, _padding_mask(text_valid, n_keys, nv + nt), cache)
         offset = _image_offset(image_offset, visual, text_valid, b, nt, h.device)
-        positions = layout.sequence_positions(nv, layout.text_ranks(text_valid, b, nt, h.device), offset)
-        if offset is None:
+        ranks = layout.text_ranks(text_valid, b, nt, h.device)
+        positions = layout.sequence_positions(nv, ranks, offset)
+        reads = self.cfg.visual_reads_question and nv > 0 and question_end is not None
+        if offset is None and not reads:
             mask = _padding_mask(text_valid, n_keys, nv + nt)
-        else:  # the image mid-text: the dense mask over true positions
+        else:  # the image mid-text, or AKI: the dense mask over true positions
             mask = layout.position_mask(positions, _key_valid(text_valid, b, nt, n_keys, h.device))
+        if reads:
+            at = torch.zeros(b, dtype=torch.long, device=h.device) if offset is None else offset
+            mask = layout.with_question(mask, ranks, at, torch.as_tensor(question_end).expand(b), text_valid, nv)
         return self.decoder(h, nv, positions, mask, cache, features=features, rank_from_end=rank_from_end)
 
     def _run_flamingo(self, input_ids, visual, text_valid, cache, start, image_offset) -> torch.Tensor:
@@ -227,15 +234,19 @@ class MLLM(nn.Module):
         visual_tokens: torch.Tensor | None = None,
         image_offset: torch.Tensor | int | None = None,
         visual_features: torch.Tensor | None = None,
+        question_end: torch.Tensor | int | None = None,
     ) -> MLLMOutput:
         """input_ids (B, Nt); pixel_values (B, C, S, S) or precomputed visual_tokens
         (B, Nv, d); labels (B, Nt) with -100 where no loss; attention_mask (B, Nt)
         1 for real tokens (left padding); image_offset (B,) real text tokens before the
-        image, where its `<image>` marker stood (None: the image comes first).
+        image, where its `<image>` marker stood (None: the image comes first); question_end (B,)
+        real text tokens before the first assistant turn (AKI's image tokens read the question up
+        to there; None: they do not)
         Returns text logits and the next-token loss."""
         visual_tokens, features = self._visual(pixel_values, visual_tokens, visual_features)
         valid = None if attention_mask is None else attention_mask.bool()
-        logits = self._run(input_ids, visual_tokens, valid, image_offset=image_offset, features=features)
+        logits = self._run(input_ids, visual_tokens, valid, image_offset=image_offset, features=features,
+                           question_end=question_end)
         loss = None if labels is None else next_token_loss(logits, labels)
         return MLLMOutput(logits=logits, loss=loss)
 
@@ -249,6 +260,7 @@ class MLLM(nn.Module):
         eos_token_id: int | None = None,
         use_cache: bool = True,
         image_offset: torch.Tensor | int | None = None,
+        question_end: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Greedy decoding; returns the new tokens (B, <= max_new_tokens). After EOS a row
         keeps emitting EOS. image_offset as in `forward` (new tokens come after the image).
@@ -262,7 +274,8 @@ class MLLM(nn.Module):
         cache = KVCache(len(self.decoder.layers)) if use_cache else None
         ids, out = input_ids, []
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        logits = self._run(ids, visual, valid, cache, image_offset=image_offset, features=features)
+        logits = self._run(ids, visual, valid, cache, image_offset=image_offset, features=features,
+                           question_end=question_end)
         nv = visual.shape[1] if visual is not None and self.cfg.arch == "decoder" else 0
         next_pos = nv + valid.long().sum(-1)  # RoPE position of the next token
         for step in range(max_new_tokens):
@@ -278,7 +291,7 @@ class MLLM(nn.Module):
                 ids = torch.cat([ids, token[:, None]], dim=1)
                 # FastV ranks by the prompt's last token, as the cached prefill did
                 logits = self._run(ids, visual, valid, image_offset=image_offset, features=features,
-                                   rank_from_end=len(out) + 1)
+                                   rank_from_end=len(out) + 1, question_end=question_end)
             else:
                 vis = visual if self.cfg.arch == "flamingo" else None  # decoder: visual K/V are cached
                 logits = self._run(token[:, None], vis, valid, cache, start=next_pos)

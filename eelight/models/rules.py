@@ -53,6 +53,9 @@ def layer_set(spec: str, n_layers: int, key: str) -> frozenset[int]:
         return frozenset()
     if spec == "vica":
         return frozenset(vica_layers(n_layers))
+    if spec == "auto":
+        raise ValueError(f"model.{key}=auto is what ShortV's calibration chooses: run `eelight shortv RUN` on a "
+                         "trained LLaVA run, then evaluate that run folder with model_preset=shortv")
     try:
         layers = [int(part) for part in spec.split(",")]
     except ValueError:

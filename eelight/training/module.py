@@ -64,7 +64,7 @@ class MLLMModule(L.LightningModule):
         self.bad_tracker.update(batch)
         self.cut_samples += int(batch.get("cut", 0))
         out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
-                         image_offset=batch.get("image_offset"))
+                         image_offset=batch.get("image_offset"), question_end=batch.get("question_end"))
         if not torch.isfinite(out.loss):
             raise FloatingPointError(
                 f"loss is {out.loss.item()} at step {self.global_step}: stopping; the last good "
@@ -111,7 +111,7 @@ class MLLMModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self.model(batch["input_ids"], batch["pixel_values"], labels=batch["labels"],
-                         image_offset=batch.get("image_offset"))
+                         image_offset=batch.get("image_offset"), question_end=batch.get("question_end"))
         self.log("val/loss", out.loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
 
     def on_train_start(self) -> None:
