@@ -65,7 +65,26 @@ def test_report_tables_from_a_fake_trial_table(tmp_path):
     sd = pooled_sd([d])
     assert f"smallest difference detectable (paired t-test, alpha 0.05, power 0.8): {detectable(sd, 3):.3f}" in text
     paths = {p.name for p in _plots(study, tmp_path)}
-    assert paths == {"metric_vs_variant.png", "metric_vs_data_size.png", "families.png", "metric_vs_compute.png"}
+    assert paths == {"metric_vs_variant.png", "metric_vs_data_size.png", "families.png", "metric_vs_compute.png",
+                     "pareto.png"}
+
+
+def test_pareto_front_keeps_the_variants_no_other_beats_on_both():
+    """A: 0.02 GFLOPs, mean 0.8; B: 0.01, 0.667 (cheaper, worse: on the front); C: 0.03, 0.7
+    (dearer and worse than A: off it)."""
+    from eelight.sweeps.pareto import front, points
+
+    rows = [r for r in _rows() if r["state"] == "COMPLETE" and r["data_size"] == 400]
+    for r in rows:
+        r["gflops_per_sample"] = {"model_preset=A": 0.02, "model_preset=B": 0.01}[r["variant"]]
+    rows += [{**r, "variant": "model_preset=C", "gflops_per_sample": 0.03, "objective": 0.7} for r in rows[:3]]
+    study = Study(rows, "probe/accuracy", reference="model_preset=A")
+    pts = points(study)
+    assert pts["model_preset=B"][1].mean == pytest.approx((0.6 + 0.6 + 0.8) / 3)
+    assert front(pts) == ["model_preset=B", "model_preset=A"]
+    text = markdown(study, SweepConfig(name="fake"))
+    assert "| model_preset=C | 0.0300 | 0.700 [0.700, 0.700] |  |" in text
+    assert "| model_preset=B | 0.0100 |" in text and text.count("| yes |") == 2
 
 
 def test_one_data_size_one_seed_draws_no_curve_and_claims_no_interval(tmp_path):

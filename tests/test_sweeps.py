@@ -567,3 +567,46 @@ def test_a_missing_or_looping_base_is_one_line(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
     with pytest.raises(ConfigError, match="in a loop"):
         load_sweep(str(tmp_path / "a.yaml"))
+
+
+def test_training_free_variants_are_scored_on_each_llava_trial_and_reported_at_their_flops(probe_env, tmp_path):
+    """`training_free:` scores FastV, ShortV (calibrated on the trial's own run) and EE-MLLM-F on
+    every LLaVA trial's weights; each is a report row paired by seed, in the Pareto section."""
+    import csv
+
+    from eelight.evaluate.command import main as eval_main
+    from eelight.sweeps.report import write_report
+    from eelight.sweeps.runner import run_worker
+
+    spec = tmp_path / "tf.yaml"
+    spec.write_text("name: tf\nexperiment: [experiments/ee_mllm_tiny.yaml]\n"
+                    "space: {model_preset: {type: grid, values: [llava, ee_mllm]}}\nseeds: [0, 1]\n"
+                    "overrides: [eval.limit=8]\n"
+                    "training_free:\n  apply_to: model_preset=llava\n"
+                    "  variants: ['model_preset=fastv model.prune_after=1', model_preset=shortv, model_preset=ee_mllm_f]\n")
+    sweep = load_sweep(str(spec), _small(probe_env, steps=3))
+    sweep.out_dir = str(tmp_path / "out")
+    assert run_worker(sweep)["ran"] == 4
+    study = optuna.load_study(study_name="tf", storage=f"sqlite:///{tmp_path}/out/tf/study.db")
+    llava = [t for t in study.trials if t.user_attrs["point"]["model_preset"] == "llava"]
+    assert all("training_free" not in t.user_attrs for t in study.trials if t not in llava)
+    fastv = "model_preset=fastv model.prune_after=1"
+    for t in llava:
+        scored = t.user_attrs["training_free"]
+        assert set(scored) == {fastv, "model_preset=shortv", "model_preset=ee_mllm_f"}
+        assert scored[fastv]["flops_per_sample"] < t.user_attrs["flops_per_sample"]  # half the visual tokens after layer 0
+        assert scored["model_preset=ee_mllm_f"]["flops_per_sample"] < t.user_attrs["flops_per_sample"]
+        run = Path(t.user_attrs["checkpoint"]).parent
+        assert json.loads((run / "shortv.json").read_text())["samples"] == 40
+        alone = eval_main(str(run), fastv.split(), out=str(tmp_path / f"alone{t.number}"), log=False)
+        assert scored[fastv]["value"] == alone["metrics"]["probe/accuracy"]  # the same evaluator, the same answer
+        logged = mlflow.MlflowClient(sweep.stage_config("instruct").mlflow.tracking_uri).get_run(
+            t.user_attrs["mlflow_run_id"]).data.metrics
+        assert logged["training_free/fastv-prune_after_1/probe/accuracy"] == scored[fastv]["value"]
+    report = write_report(sweep)
+    with open(report / "trials.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["variant"] == "model_preset=shortv"]
+    assert sorted(r["seed"] for r in rows) == ["0", "1"] and all(r["training_free_on"] == "model_preset=llava" for r in rows)
+    summary = (report / "summary.md").read_text()
+    assert "## Accuracy against forward FLOPs" in summary and "| model_preset=shortv |" in summary
+    assert (report / "pareto.png").stat().st_size > 0

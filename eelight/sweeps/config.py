@@ -54,6 +54,16 @@ class Objective:
 
 
 @dataclass
+class TrainingFree:
+    """Variants scored on the weights of every finished trial of one grid value, with no training
+    of their own (FastV, ShortV, EE-MLLM-F on LLaVA's weights): each is a report row, paired by
+    seed with the trials it was applied to, at its own forward FLOPs."""
+
+    apply_to: str = ""  # the grid value, e.g. model_preset=llava (not `on:`: YAML reads that as true)
+    variants: list[str] = field(default_factory=list)  # model overrides, e.g. "model_preset=fastv model.prune_after=1"
+
+
+@dataclass
 class SweepConfig:
     name: str = nonempty("sweep")
     experiment: list[str] = field(default_factory=lambda: ["experiments/ee_mllm_tiny.yaml"])
@@ -72,6 +82,7 @@ class SweepConfig:
     storage: str | None = None  # Optuna RDB URL; None: sqlite file under out_dir/<name>/
     reference: str | None = None  # the variant paired differences are taken against (None: the first)
     controls: list[str] = field(default_factory=list)  # variants that must lose: the report checks they do
+    training_free: TrainingFree = field(default_factory=TrainingFree)
     out_dir: str = nonempty("sweeps_out")
 
     def stage_config(self, stage: str, point: list[str] | tuple[str, ...] = (),
@@ -124,6 +135,7 @@ def _check(sweep: SweepConfig) -> None:
         if d.type in ("int", "float") and d.log and d.low is not None and d.low <= 0:
             raise ConfigError(f"sweep space {key!r}: log=true needs low > 0 (got low={d.low})")
     _check_objective(sweep)
+    _check_training_free(sweep)
     # Every value a trial can take must make a valid run config: unknown keys and bad values
     # fail here, before any trial runs.
     for stage in sweep.stages:
@@ -136,6 +148,29 @@ def _check(sweep: SweepConfig) -> None:
                     sweep.stage_config(stage, [f"{key}={value}"])
                 except ConfigError as exn:
                     raise ConfigError(f"sweep space {key!r} value {value!r}: {exn}") from exn
+
+
+def _check_training_free(sweep: SweepConfig) -> None:
+    """`training_free.apply_to` is one of the grid's values; each variant is a model override."""
+    from eelight.models.config import apply_model_overrides
+
+    tf = sweep.training_free
+    if not tf.variants:
+        return
+    key, _, value = tf.apply_to.partition("=")
+    d = sweep.space.get(key)
+    if d is None or d.type != "grid" or value not in [str(v) for v in d.values]:
+        raise ConfigError(f"sweep {sweep.name!r}: training_free.apply_to={tf.apply_to!r} must be one grid value of `space`, "
+                          "e.g. model_preset=llava")
+    model = sweep.stage_config(sweep.stages[-1], [tf.apply_to]).model
+    for variant in tf.variants:
+        if not variant.split() or not all(o.startswith(("model.", "model_preset=")) for o in variant.split()):
+            raise ConfigError(f"sweep {sweep.name!r}: training_free variant {variant!r} must change the model only "
+                              "(model_preset=NAME or model.KEY=VALUE, several separated by spaces)")
+        try:
+            apply_model_overrides(model, [o.removeprefix("model.") for o in variant.split()])
+        except Exception as exn:  # OmegaConf's errors and ValueError: a bad key or value
+            raise ConfigError(f"sweep {sweep.name!r}: training_free variant {variant!r}: {first_line(exn)}") from exn
 
 
 def _check_objective(sweep: SweepConfig) -> None:

@@ -36,7 +36,8 @@ def plots(study, out: Path, per_chance: dict[str, float], chance: float | None) 
     import matplotlib.pyplot as plt
 
     style = _Style(study, {v: plt.cm.tab10(i % 10) for i, v in enumerate(study.variants)}, chance, per_chance)
-    figures = [_by_variant(style, out), _by_data_size(style, out), _by_family(style, out), _by_compute(style, out)]
+    figures = [_by_variant(style, out), _by_data_size(style, out), _by_family(style, out), _by_compute(style, out),
+               _pareto(style, out)]
     return [f for f in figures if f is not None]
 
 
@@ -58,7 +59,7 @@ def _by_variant(style: _Style, out: Path) -> Path:
     ax.set_title(f"data size {largest}: mean, 95% t-interval over {seeds} seeds (dots: seeds)" if seeds > 1
                  else f"data size {largest}: one seed, no interval", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, out / "metric_vs_variant.png")
+    return save(fig, out / "metric_vs_variant.png")
 
 
 def _by_data_size(style: _Style, out: Path) -> Path | None:
@@ -82,7 +83,7 @@ def _by_data_size(style: _Style, out: Path) -> Path | None:
     ax.set_xlabel("training samples (data.subset)")
     ax.set_title("data efficiency: mean and 95% t-band over seeds", fontsize=9)
     ax.legend(fontsize=6)
-    return _save(fig, out / "metric_vs_data_size.png")
+    return save(fig, out / "metric_vs_data_size.png")
 
 
 def _errors(intervals: list) -> list[list[float]]:
@@ -122,7 +123,7 @@ def _by_family(style: _Style, out: Path) -> Path | None:
     a2.set_title("paired difference by seed, 95% t-interval", fontsize=9)
     if a2.get_legend_handles_labels()[0]:  # none when the reference is the only variant
         a2.legend(fontsize=6)
-    return _save(fig, out / "families.png")
+    return save(fig, out / "families.png")
 
 
 def _by_compute(style: _Style, out: Path) -> Path:
@@ -142,10 +143,32 @@ def _by_compute(style: _Style, out: Path) -> Path:
     a2.set_xlim(left=0)
     a1.set_title("accuracy vs training compute", fontsize=9)
     a1.legend(fontsize=6)
-    return _save(fig, out / "metric_vs_compute.png")
+    return save(fig, out / "metric_vs_compute.png")
 
 
-def _save(fig, path: Path) -> Path:
+def _pareto(style: _Style, out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    from eelight.sweeps.pareto import front, points
+
+    pts = points(style.study)
+    if len(pts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for v, (g, i) in pts.items():
+        err = [[i.mean - i.low], [i.high - i.mean]] if i.low is not None else None
+        ax.errorbar([g], [i.mean], yerr=err, fmt="o", color=style.colours[v], capsize=3, label=v)
+    line = front(pts)
+    ax.plot([pts[v][0] for v in line], [pts[v][1].mean for v in line], color="black", linewidth=1, label="Pareto front")
+    style.frame(ax, style.chance)
+    ax.set_xlabel("forward GFLOPs per sample (FLOP counter)")
+    ax.set_xlim(left=0)
+    ax.set_title(f"accuracy vs inference compute, data size {style.largest}; 95% t-intervals over seeds", fontsize=9)
+    ax.legend(fontsize=6)
+    return save(fig, out / "pareto.png")
+
+
+def save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

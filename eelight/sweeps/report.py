@@ -28,10 +28,12 @@ from typing import Any
 
 from eelight.errors import UserError
 from eelight.sweeps.config import SweepConfig
+from eelight.sweeps.pareto import markdown_lines as pareto_lines
+from eelight.sweeps.pareto import training_free_rows
 from eelight.sweeps.stats import Interval, detectable, paired, pooled_sd, t_interval
 
 FIGURES = {"metric_vs_variant.png", "metric_vs_data_size.png", "families.png", "metric_vs_compute.png",
-           "cost_vs_visual_tokens.png"}  # the last: written by earlier versions
+           "pareto.png", "cost_vs_visual_tokens.png"}  # the last: written by earlier versions
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
@@ -52,6 +54,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             **{f"param.{k}": v for k, v in t.params.items() if k not in ("seed", "data_size")},
             **{f"metric.{k}": v for k, v in a.get("metrics", {}).items()},  # every benchmark scored
         })
+        rows += training_free_rows(t, rows[-1])
     return rows
 
 
@@ -152,6 +155,7 @@ def markdown(study: Study, sweep: SweepConfig) -> str:
             lines.append(f"| {c} | {'–' if ch is None else f'{ch:.3f}'} | " + " | ".join(cells) + " |")
     for control in study.controls:
         lines += _control_lines(study, control, {None: chance, **per_chance})
+    lines += pareto_lines(study, _fmt)
     lines += ["", "## What the study can detect", ""]
     for size in study.sizes:
         diffs = [d for v in study.variants if v != study.reference and (d := study.difference(v, size))]

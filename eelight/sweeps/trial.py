@@ -8,6 +8,7 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
+from eelight.sweeps import training_free
 from eelight.sweeps.config import SweepConfig, point_overrides
 from eelight.training.config import flat_params
 
@@ -97,6 +98,9 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
         attrs = {"checkpoint": init_from, "samples_per_s": result.get("samples_per_s"), "flops_per_sample": flops,
                  "visual_tokens": n_visual, "metrics": result["metrics"], "train_samples": samples,
                  "train_flops": 3 * flops * samples, "train_seconds": time.perf_counter() - start}
+        if training_free.applies(sweep, point):  # FastV, ShortV, ... on this trial's weights
+            attrs["training_free"] = training_free.score(sweep, final_cfg, init_from)
+            tracking.log_metrics(run_id, training_free.mlflow_metrics(sweep, attrs["training_free"]))
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         tracking.log_metrics(run_id, {"objective": value, "cost/flops_per_sample": flops})
