@@ -141,22 +141,8 @@ def _demo(args: argparse.Namespace) -> None:
     main(args.overrides)
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per verb, each calling its `_verb` function."""
-    parser = argparse.ArgumentParser(prog="eelight", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one stage from experiment YAMLs + dot-list overrides")
-    p.add_argument("items", nargs="*", help="YAML files, then key=value overrides")
-    p.set_defaults(fn=_train)
-    p = sub.add_parser("backbones", help="pretrain (or reuse) the tiny LM and CLIP backbones")
-    p.add_argument("--probe", default="data/probe")
-    p.add_argument("--out", default=".cache/backbones")
-    p.add_argument("--lm-steps", type=int, default=None, help="default 300")
-    p.add_argument("--clip-steps", type=int, default=None, help="default 1200")
-    p.add_argument("--seed", type=int, default=None,
-                   help="default 0; another seed is another pair of backbones (use another --out)")
-    p.set_defaults(fn=_backbones)
+def _study_commands(sub) -> None:
+    """sweep, report, export, eval and shortv: the verbs of a study."""
     p = sub.add_parser("sweep", help="run (or resume, or join) an Optuna study from a sweep file")
     p.add_argument("file")
     p.add_argument("overrides", nargs="*", help="key=value applied to every trial")
@@ -191,6 +177,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=40, help="calibration samples from its training shards")
     p.add_argument("--freeze", type=int, default=None, help="layers to freeze (default: 19/32 of the depth)")
     p.set_defaults(fn=_shortv)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per verb, each calling its `_verb` function."""
+    parser = argparse.ArgumentParser(prog="eelight", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one stage from experiment YAMLs + dot-list overrides")
+    p.add_argument("items", nargs="*", help="YAML files, then key=value overrides")
+    p.set_defaults(fn=_train)
+    p = sub.add_parser("backbones", help="pretrain (or reuse) the tiny LM and CLIP backbones")
+    p.add_argument("--probe", default="data/probe")
+    p.add_argument("--out", default=".cache/backbones")
+    p.add_argument("--lm-steps", type=int, default=None, help="default 300")
+    p.add_argument("--clip-steps", type=int, default=None, help="default 1200")
+    p.add_argument("--seed", type=int, default=None,
+                   help="default 0; another seed is another pair of backbones (use another --out)")
+    p.set_defaults(fn=_backbones)
+    _study_commands(sub)
     p = sub.add_parser("services", help="start/stop a local PostgreSQL (study storage) + MLflow server pair")
     p.add_argument("action", choices=["start", "stop"])
     p.add_argument("--dir", default="services", help="where their data, logs and addresses live")
