@@ -35,7 +35,8 @@ def plots(study, out: Path, per_chance: dict[str, float], chance: float | None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = _Style(study, {v: plt.cm.tab10(i % 10) for i, v in enumerate(study.variants)}, chance, per_chance)
+    cmap = plt.cm.tab10 if len(study.variants) <= 10 else plt.cm.tab20  # a colour each
+    style = _Style(study, {v: cmap(i % cmap.N) for i, v in enumerate(study.variants)}, chance, per_chance)
     figures = [_by_variant(style, out), _by_data_size(style, out), _by_family(style, out), _by_compute(style, out),
                _pareto(style, out)]
     return [f for f in figures if f is not None]
@@ -158,6 +159,7 @@ def _pareto(style: _Style, out: Path) -> Path | None:
     for v, (g, i) in pts.items():
         err = [[i.mean - i.low], [i.high - i.mean]] if i.low is not None else None
         ax.errorbar([g], [i.mean], yerr=err, fmt="o", color=style.colours[v], capsize=3, label=v)
+        ax.annotate(v.removeprefix("model_preset="), (g, i.mean), textcoords="offset points", xytext=(4, 4), fontsize=6)
     line = front(pts)
     ax.plot([pts[v][0] for v in line], [pts[v][1].mean for v in line], color="black", linewidth=1, label="Pareto front")
     style.frame(ax, style.chance)
