@@ -27,6 +27,9 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import eelight  # noqa: F401  (first: its THP_MEM_ALLOC_ENABLE default must be set before torch loads)
+
+# isort: split
 import torch
 from timing import add_run_args, device_dtype, sync, timed
 from torch.utils.flop_counter import FlopCounterMode

@@ -31,3 +31,14 @@ def test_every_module_imports_on_its_own():
     out = subprocess.run([sys.executable, "-c", _EACH_ALONE], capture_output=True, text=True, check=True).stdout
     count, *failed = out.strip().split("\n")
     assert int(count) > 60 and not [f for f in failed if f], failed
+
+
+def test_importing_eelight_turns_on_huge_pages_for_large_cpu_tensors_unless_told_otherwise():
+    import os
+
+    code = "import os, eelight; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    run = [sys.executable, "-c", code]
+    assert subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout.strip() == "1"
+    kept = subprocess.run(run, capture_output=True, text=True, env={**env, "THP_MEM_ALLOC_ENABLE": "0"}, check=True)
+    assert kept.stdout.strip() == "0"  # the user's choice wins
