@@ -106,12 +106,14 @@ def build(kind: str, cfg, state: dict | None, device: torch.device, dtype: torch
         model = MLLM(preset, llm, vision).to(dtype)
     if state is not None:
         mapped = hf_loading.map_keys(state, hf_loading.llava_key_rules("llama"), hf_loading.LLM_SKIP, "peer")
-        hf_loading.load_strict(model, mapped, "the peer's weights")
+        new = ["decoder." + n for n in model.decoder.new_parameter_names()]  # SAISA's MLPs: random
+        hf_loading.load_strict(model, mapped, "the peer's weights", new)
     model.train()
     model.vision.requires_grad_(False)
 
     def step(features: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return model(ids, visual_tokens=model.projector(features)).logits
+        saisa = {"visual_features": features} if preset.aligner == "mlp" else {}  # its layers read them
+        return model(ids, visual_tokens=model.projector(features), **saisa).logits
 
     return model, step
 

@@ -14,7 +14,7 @@ from eelight.models.config import LLMConfig, VisionConfig, model_config
 from eelight.models.kv_cache import KVCache
 from eelight.models.mllm import build_mllm
 
-PRESETS = ["ee_mllm", "llava", "ee_mllm_fresh", "flamingo", "vica", "saisa", "shortv", "fastv"]
+PRESETS = ["ee_mllm", "llava", "ee_mllm_fresh", "flamingo", "vica", "saisa", "shortv", "fastv", "aki"]
 # The successors on this 2-layer LLM: ShortV's layer set and FastV's K fitted to its depth.
 VARIANTS = {"shortv": ("llava", {"kv_only_layers": "1"}), "fastv": ("fastv", {"prune_after": 1})}
 LLM = LLMConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -73,11 +73,12 @@ def test_no_graph_break_in_cached_prefill(preset, padded):
     with torch.no_grad():
         features = model.vision_features(pixels)
         visual = model.projector(features)
+        question_end = torch.full((ids.shape[0],), 8)  # AKI: the image reads text rows up to the 8th
         args, kwargs = _decoder_call(model, lambda: model._run(ids, visual, valid, KVCache(LLM.num_layers),
-                                                               features=features))
+                                                               features=features, question_end=question_end))
         args = tuple(KVCache(LLM.num_layers) if isinstance(a, KVCache) else a for a in args)  # a fresh cache
         assert any(isinstance(a, KVCache) for a in args)
-        assert (args[3] is not None) == padded  # the mask argument
+        assert (args[3] is not None) == (padded or preset == "aki")  # the mask argument (AKI: always dense)
         assert _breaks(model, args, kwargs) == 0
 
 

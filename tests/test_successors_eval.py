@@ -114,3 +114,10 @@ def test_shortv_without_a_calibration_says_what_to_run(tmp_path, capsys):
     folder = save_tiny_export(tmp_path / "llava_export", "llava")
     line = one_line_exit_2(capsys, ["eval", str(folder), "model_preset=shortv", "--no-mlflow"])
     assert "eelight shortv" in line
+
+
+def test_fastv_is_refused_for_training_in_one_line(capsys):
+    from helpers import one_line_exit_2
+
+    line = one_line_exit_2(capsys, ["train", "experiments/ee_mllm_tiny.yaml", "model_preset=fastv"])
+    assert "evaluation only" in line and "model_preset=fastv" in line

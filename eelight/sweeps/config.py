@@ -30,7 +30,7 @@ from typing import Any
 
 from eelight.config_rules import SEED_MAX, above, at_least, between, check_fields, nonempty, one_of
 from eelight.errors import ConfigError, first_line
-from eelight.training.config import STAGES, RunConfig, load_run_config, load_yaml
+from eelight.training.config import STAGES, RunConfig, check_trainable, load_run_config, load_yaml
 
 TYPES = ("grid", "categorical", "int", "float")
 SAMPLERS = ("tpe", "random")
@@ -145,7 +145,7 @@ def _check(sweep: SweepConfig) -> None:
                 values = [int(v) for v in values]
             for value in values:
                 try:
-                    sweep.stage_config(stage, [f"{key}={value}"])
+                    check_trainable(sweep.stage_config(stage, [f"{key}={value}"]))
                 except ConfigError as exn:
                     raise ConfigError(f"sweep space {key!r} value {value!r}: {exn}") from exn
 

@@ -111,6 +111,14 @@ class RunConfig:
         return Path(self.out_dir) / self.name / self.stage
 
 
+def check_trainable(cfg: RunConfig) -> None:
+    """What a run config may evaluate but not train: FastV's pruning ranks by each sample's last
+    query, and a training batch is right-padded with no mask to say which row that is."""
+    if cfg.model.prune_after:
+        raise ConfigError(f"model.prune_after={cfg.model.prune_after} (FastV) is applied at evaluation only: train "
+                          "the LLaVA model, then `eelight eval RUN model_preset=fastv`; drop model.prune_after here")
+
+
 def load_yaml(path: str) -> Any:
     """A YAML file as an OmegaConf node; a syntax error names the file and the line."""
     import yaml

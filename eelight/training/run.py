@@ -19,6 +19,7 @@ from eelight.errors import ConfigError
 from eelight.training.callbacks import benchmark_callback, stop_reason
 from eelight.training.config import (
     RunConfig,
+    check_trainable,
     flat_params,
     resume_conflicts,
     saved_config,
@@ -146,6 +147,7 @@ def _checked(cfg: RunConfig) -> tuple[RunConfig, Any]:
     from eelight.tracking import tracking_uri
     from eelight.training.distributed import check_devices
 
+    check_trainable(cfg)  # FastV: evaluation only
     check_devices(cfg.trainer)  # a GPU config on a machine without one
     tracking_uri(cfg)  # a tracking URI MLflow refuses
     expand_urls(cfg.data.train_shards)  # a missing shard
