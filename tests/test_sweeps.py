@@ -104,12 +104,13 @@ def test_report_pools_an_earlier_run_and_a_bad_file_is_one_line(finished, probe_
     assert ran.returncode == 0, ran.stderr[-3000:]
     text = (out / "weight_reuse" / "report_pooled" / "summary.md").read_text()
     single = (out / "weight_reuse" / "report" / "summary.md").read_text()
-    rows = [line.split(" | ")[:4] for line in single.splitlines() if line.startswith("| model.aligner=")]
+    table = single.split("\n## ")[1]  # the objective table (the Pareto section lists the variants too)
+    rows = [line.split(" | ")[:4] for line in table.splitlines() if line.startswith("| model.aligner=")]
     assert len(rows) == 3 and all(seeds == "1" for _, _, seeds, _ in rows)
     for variant, size, _, mean in rows:  # one seed here: two (run, seed) units pooled, the same mean
         assert f"{variant} | {size} | 2 | {mean.split(' ')[0]} [" in text
-    per_run = [[c.strip() for c in line.strip("|").split("|")] for line in text.split("## Per run")[1].splitlines()
-               if line.startswith("| model.aligner=")]
+    per_run = [[c.strip() for c in line.strip("|").split("|")]
+               for line in text.split("## Per run")[1].split("\n## ")[0].splitlines() if line.startswith("| model.aligner=")]
     assert len(per_run) == 2 and all(cells[2] == cells[3] for cells in per_run)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{probe_env['root']}/mlflow.db")
     parent = client.get_run(_study(out).user_attrs["mlflow_parent_run_id"])

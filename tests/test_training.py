@@ -137,7 +137,7 @@ def _cli(*args, **kw):
 @pytest.mark.parametrize(
     "override,expected",
     [("trainer.max_stepz=3", "'trainer.max_stepz'"),
-     ("model.aligner=maybe", "model.aligner='maybe' is not allowed; choose one of ['reuse', 'fresh', 'none']"),
+     ("model.aligner=maybe", "model.aligner='maybe' is not allowed; choose one of ['reuse', 'fresh', 'none', 'mlp']"),
      ("data.train_shards=/no/such-{0..1}.tar", "shard /no/such-0.tar does not exist")],
 )
 @pytest.mark.slow
