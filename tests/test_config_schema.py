@@ -48,7 +48,7 @@ RUN_RULES: dict[str, tuple] = {
     "model.llm.rope_factor": ("float>", 0, INF, False), "model.llm.rope_low_freq_factor": ("float>", 0, INF, False),
     "model.llm.rope_high_freq_factor": ("float>", 0, INF, False),
     "model.llm.rope_original_max_positions": ("int", 1, INF, False),
-    "model.llm.qkv_bias": ("bool",), "model.llm.tie_embeddings": ("bool",),
+    "model.llm.qkv_bias": ("bool",), "model.llm.qk_norm": ("bool",), "model.llm.tie_embeddings": ("bool",),
     "model.vision.path": ("free",), "model.vision.kind": ("choice", ["clip", "siglip"], False),
     "model.vision.image_size": ("int", 1, INF, False), "model.vision.patch_size": ("int", 1, INF, False),
     "model.vision.hidden_size": ("int", 1, INF, False), "model.vision.intermediate_size": ("int", 1, INF, False),

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
+from eelight.models.blocks import RMSNorm
 from eelight.models.config import LLMConfig
 from eelight.models.kv_cache import LayerCache
 from eelight.models.roles import ALIGNER, with_role
@@ -162,6 +163,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        if cfg.qk_norm:  # Qwen3: every query and key (visual ones too) normalised per head
+            self.q_norm, self.k_norm = RMSNorm(hd, cfg.rms_norm_eps), RMSNorm(hd, cfg.rms_norm_eps)
         if aligner == "fresh":
             # New trainable per-layer Wv', Wo' with the shapes of Wv, Wo (no weight reuse).
             self.aligner_v = with_role(nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias), ALIGNER)
@@ -175,14 +178,18 @@ class Attention(nn.Module):
         Also returns this call's own V rows (B, N, Hkv, hd), before the cache is prepended.
         """
         b, n, _ = x.shape
-        k = apply_rope(self.k_proj(x).view(b, n, self.n_kv_heads, self.head_dim), cos, sin)
+        k = apply_rope(self._norm("k_norm", self.k_proj(x).view(b, n, self.n_kv_heads, self.head_dim)), cos, sin)
         v_new = self.v_proj(x).view(b, n, self.n_kv_heads, self.head_dim)
         k_all, v_all = (k, v_new) if cache is None else cache.append(k, v_new)
         return k_all, v_all, v_new
 
     def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        return apply_rope(self.q_proj(x).view(b, n, self.n_heads, self.head_dim), cos, sin)
+        return apply_rope(self._norm("q_norm", self.q_proj(x).view(b, n, self.n_heads, self.head_dim)), cos, sin)
+
+    def _norm(self, name: str, heads: torch.Tensor) -> torch.Tensor:
+        norm = getattr(self, name, None)
+        return heads if norm is None else norm(heads)
 
     def forward(
         self,

@@ -63,6 +63,7 @@ class LLMConfig:
     rope_high_freq_factor: float = above(0.0, 4.0)  # llama3 scaling only
     rope_original_max_positions: int = at_least(1, 8192)  # llama3 scaling only
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's queries and keys before RoPE
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """Strict loading of local Hugging Face checkpoint folders. Nothing is downloaded.
 
-- LLM folders (Llama / Vicuna, Mistral, Qwen2): `config.json` + `model.safetensors`
+- LLM folders (Llama / Vicuna, Mistral, Qwen2, Qwen3): `config.json` + `model.safetensors`
   or a sharded `model.safetensors.index.json`.
 - Vision folders: CLIP / SigLIP, either a vision-only model or a full
   image-text model (its text half is skipped by name).
@@ -25,7 +25,7 @@ from torch import nn
 from eelight.errors import CheckpointError, one_line
 from eelight.models.config import LLMConfig, ModelConfig, VisionConfig
 
-LLM_FAMILIES = ("llama", "mistral", "qwen2")
+LLM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 # (HF key regex, our key template). Our decoder's names follow HF Llama minus `model.`.
 _LLAMA_RULES = [
@@ -41,6 +41,8 @@ LLM_KEY_RULES: dict[str, list[tuple[str, str]]] = {
     "mistral": _LLAMA_RULES,
     "qwen2": _LLAMA_RULES
     + [(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias", r"layers.\1.self_attn.\2_proj.bias")],
+    # Qwen3: an RMSNorm over each head's queries and keys (head_dim wide), before RoPE.
+    "qwen3": _LLAMA_RULES + [(r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", r"layers.\1.self_attn.\2_norm.weight")],
 }
 # Buffers some older checkpoints carry; recomputed here from the config.
 LLM_SKIP = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"]
@@ -169,6 +171,8 @@ def llm_config_from_hf(hf: dict[str, Any], path: str | None = None) -> tuple[LLM
         )
     if family != "qwen2" and hf.get("attention_bias"):
         raise CheckpointError(f"{family} checkpoints with attention_bias=true are not supported")
+    if hf.get("use_sliding_window"):
+        raise CheckpointError(f"{family} checkpoints with use_sliding_window=true are not supported (full attention only)")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "linear", "llama3"):
@@ -192,6 +196,7 @@ def llm_config_from_hf(hf: dict[str, Any], path: str | None = None) -> tuple[LLM
         rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
         rope_original_max_positions=rope.get("original_max_position_embeddings", 8192),
         qkv_bias=family == "qwen2",
+        qk_norm=family == "qwen3",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
     return cfg, family
