@@ -78,6 +78,17 @@ def hf_causal_lm(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
 
 
+def composite_mask(nv: int, nt: int, b: int) -> torch.Tensor:
+    """EE-MLLM's attention as an HF additive 4-D mask (docs/DESIGN.md §1): visual rows see only
+    themselves; text rows see every visual row and the text up to themselves."""
+    n = nv + nt
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    allowed[:nv, :nv] = torch.eye(nv, dtype=torch.bool)
+    allowed[nv:, :nv] = True
+    allowed[nv:, nv:] = torch.ones(nt, nt).tril().bool()
+    return torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None].expand(b, 1, n, n)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 

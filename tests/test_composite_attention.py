@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import hf_causal_lm, rel_err
+from helpers import composite_mask, hf_causal_lm, rel_err
 
 from eelight.models import LLMConfig, build_mllm, model_config
 
@@ -24,12 +24,7 @@ def test_ee_with_visual_ffn_equals_hf_decoder_under_composite_mask(llama_dir):
     ours, ref = _model("ee_mllm_f", llama_dir), hf_causal_lm(llama_dir)
     visual, ids = _inputs()
     n = NV + NT
-    # docs/DESIGN.md §1: visual rows see only themselves; text rows see all visual + causal text.
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    allowed[:NV, :NV] = torch.eye(NV, dtype=torch.bool)
-    allowed[NV:, :NV] = True
-    allowed[NV:, NV:] = torch.ones(NT, NT).tril().bool()
-    mask = torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None].expand(2, 1, n, n)
+    mask = composite_mask(NV, NT, 2)
     embeds = torch.cat([visual, ref.model.embed_tokens(ids)], dim=1)
     with torch.no_grad():
         out = ref(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)

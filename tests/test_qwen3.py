@@ -3,7 +3,7 @@ equal Hugging Face's, through the production key maps, in the llava and ee_mllm 
 
 import pytest
 import torch
-from helpers import TINY_CLIP, TINY_LLM, hf_causal_lm, hf_llava, rel_err
+from helpers import TINY_CLIP, TINY_LLM, composite_mask, hf_causal_lm, hf_llava, rel_err
 
 from eelight.models import LLMConfig, build_mllm, load_llava, model_config
 
@@ -72,12 +72,7 @@ def test_composite_attention_normalises_visual_keys_as_hf_does(qwen3_dir):
     ours, ref = _ours("ee_mllm_f", qwen3_dir), hf_causal_lm(qwen3_dir)
     nv, nt = 16, 8
     visual, ids = torch.randn(2, nv, 64), torch.randint(0, 96, (2, nt))
-    n = nv + nt
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    allowed[:nv, :nv] = torch.eye(nv, dtype=torch.bool)
-    allowed[nv:, :nv] = True
-    allowed[nv:, nv:] = torch.ones(nt, nt).tril().bool()
-    mask = torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None].expand(2, 1, n, n)
+    mask = composite_mask(nv, nt, 2)
     with torch.no_grad():
         embeds = torch.cat([visual, ref.model.embed_tokens(ids)], dim=1)
         expected = ref(inputs_embeds=embeds, attention_mask=mask).logits[:, nv:]
