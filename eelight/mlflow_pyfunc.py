@@ -21,14 +21,15 @@ class EelightModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from transformers import AutoTokenizer
 
-        from eelight.data.image import FastImageTransform
+        from eelight.data.image import image_transform
         from eelight.export import load
         from eelight.models.vision import image_processor
 
         folder = context.artifacts["model_dir"]
         self.model = load(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.transform = FastImageTransform(image_processor(self.model.cfg.vision, self.model.vision.image_size))
+        self.transform = image_transform(image_processor(self.model.cfg.vision, self.model.vision.image_size,
+                                                                     folder))
         prompting = Path(folder) / "prompt.json"
         self.prompting = json.loads(prompting.read_text()) if prompting.exists() else {}
 

@@ -128,3 +128,49 @@ def one_line_exit_2(capsys, argv: list[str]) -> str:
     assert stop.value.code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def save_dinov2(folder: Path, registers: int = 0, size: int = 32, patch: int = 8, crop: int | None = None,
+                seed: int = 0) -> Path:
+    """A tiny random HF DINOv2 (`Dinov2Model`, or `Dinov2WithRegistersModel` with registers) and,
+    with `crop`, the facebook/dinov2 processor's settings scaled to it (resize to 256/224 of the
+    crop, centre crop, ImageNet mean and std) as its preprocessor_config.json."""
+    from transformers import (
+        BitImageProcessorPil,
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
+
+    torch.manual_seed(seed)
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=size,
+                 patch_size=patch, layerscale_value=0.5)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**sizes, num_register_tokens=registers))
+    else:
+        model = Dinov2Model(Dinov2Config(**sizes))
+    with torch.no_grad():  # HF zero-initialises these; random values make a wrong token order visible
+        for name, p in model.named_parameters():
+            if "token" in name or "position" in name:
+                p.normal_()
+    model.save_pretrained(folder)
+    if crop:
+        BitImageProcessorPil(size={"shortest_edge": round(crop * 256 / 224)}, crop_size={"height": crop, "width": crop},
+                             image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(folder)
+    return folder
+
+
+def save_siglip(folder: Path, size: int = 32, patch: int = 8, seed: int = 1) -> Path:
+    """A tiny random HF SigLIP vision tower with its processor (resize to size x size)."""
+    from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    cfg = SiglipVisionConfig(**{**TINY_CLIP, "image_size": size, "patch_size": patch, "hidden_size": 48,
+                                "num_attention_heads": 3})
+    SiglipVisionModel(cfg).save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
+    return folder

@@ -17,6 +17,7 @@ from eelight.training.config import ConfigError, RunConfig, flat_params, load_ru
 SEED = (0, 2**32 - 1)
 INF = float("inf")
 # key -> ("int" | "float", low, high, optional) or ("choice", values, optional) or ("free",) / ("bool",)
+# or ("needs_others",): a string that is refused when set alone
 RUN_RULES: dict[str, tuple] = {
     "name": ("free",), "out_dir": ("free",), "init_from": ("free",),
     "stage": ("choice", ["align", "instruct"], False),
@@ -49,7 +50,9 @@ RUN_RULES: dict[str, tuple] = {
     "model.llm.rope_high_freq_factor": ("float>", 0, INF, False),
     "model.llm.rope_original_max_positions": ("int", 1, INF, False),
     "model.llm.qkv_bias": ("bool",), "model.llm.qk_norm": ("bool",), "model.llm.tie_embeddings": ("bool",),
-    "model.vision.path": ("free",), "model.vision.kind": ("choice", ["clip", "siglip"], False),
+    "model.vision.path": ("free",), "model.vision.siglip_path": ("needs_others",),
+    "model.vision.kind": ("choice", ["clip", "siglip", "dinov2", "dinosiglip"], False),
+    "model.vision.registers": ("int", 0, INF, False),
     "model.vision.image_size": ("int", 1, INF, False), "model.vision.patch_size": ("int", 1, INF, False),
     "model.vision.hidden_size": ("int", 1, INF, False), "model.vision.intermediate_size": ("int", 1, INF, False),
     "model.vision.num_layers": ("int", 1, INF, False), "model.vision.num_heads": ("int", 1, INF, False),
@@ -125,6 +128,8 @@ def _valid(key: str, rule: tuple, value) -> bool | None:
         return ok and _cross_ok(key, value)
     if kind == "choice":
         return value in rule[1]
+    if kind == "needs_others":  # valid only with other fields set too (siglip_path: kind=dinosiglip, path)
+        return False
     if kind == "variant":
         return None if value in rule[1] else False
     if kind == "betas":

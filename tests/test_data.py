@@ -284,7 +284,7 @@ def test_a_subset_reads_each_shard_up_to_its_last_sample_and_decodes_each_sample
 
     keep = set((keys_in(shards[0]) + keys_in(shards[1]))[:70])  # 40 + the second shard's first 30
     tpl = loader.template("probe", tok, None)
-    transform = loader.FastImageTransform(proc)
+    transform = loader.image_transform(proc)
     real_make = loader.make_example
     reference = wds.DataPipeline(
         wds.SimpleShardList(shards[:2]), wds.split_by_node, wds.split_by_worker, wds.detshuffle(2, seed=4),

@@ -258,7 +258,7 @@ def test_one_run_reads_each_backbone_config_once(probe_env, monkeypatch):
     train(_cfg(probe_env, "name=resolve_once", "trainer.max_steps=1", "data.val_shards=null"))
     reads = []
     real = hf_loading.read_config
-    monkeypatch.setattr(hf_loading, "read_config", lambda folder: reads.append(str(folder)) or real(folder))
+    monkeypatch.setattr(hf_loading, "read_config", lambda folder, *a: reads.append(str(folder)) or real(folder, *a))
     cfg = _cfg(probe_env, "name=resolve_once", "trainer.max_steps=2", "data.val_shards=null")
     assert train(cfg)["resumed_from_step"] == 1
     assert sorted(reads) == sorted([cfg.model.llm.path, cfg.model.vision.path]), reads

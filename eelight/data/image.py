@@ -4,7 +4,9 @@ The processor's PIL/NumPy backend costs ~1.8 ms per image in Python overhead (it
 backend needs torchvision, which has no CPU build here). `FastImageTransform` reads the
 processor's own settings (resize, resample, crop, rescale, mean/std) and runs the same
 steps with PIL and torch; a test checks it against the processor's output. A processor
-setting it does not cover raises, so it is never silently different.
+setting it does not cover raises, so it is never silently different. A fused tower's
+processors (an object with `processors`, kind=dinosiglip) give a `FusedImageTransform`: each
+tower's own steps, their channels stacked.
 """
 
 from __future__ import annotations
@@ -71,3 +73,31 @@ class FastImageTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> (3, H, W) float32, normalised."""
         return self.normalize(self.to_uint8(image))
+
+
+class FusedImageTransform:
+    """Two towers' preprocessing of one image, channels stacked: (6, S, S), the first tower's 3
+    channels then the second's (both processors must crop to the same size)."""
+
+    def __init__(self, processors: Any) -> None:
+        self.parts = [FastImageTransform(p) for p in processors]
+
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        return torch.cat([part.to_uint8(image) for part in self.parts])
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part.normalize(chunk) for part, chunk in zip(self.parts, pixels.split(3, dim=-3),
+                                                                          strict=True)], dim=-3)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.to_uint8(image))
+
+
+def image_transform(processor: Any) -> FastImageTransform | FusedImageTransform:
+    """The fast transform of a tower's image processor (or of a fused tower's pair); a transform
+    is returned as it is."""
+    if isinstance(processor, FastImageTransform | FusedImageTransform):
+        return processor
+    if hasattr(processor, "processors"):
+        return FusedImageTransform(processor.processors)
+    return FastImageTransform(processor)

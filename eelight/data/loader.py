@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from eelight.data.image import FastImageTransform
+from eelight.data.image import image_transform
 from eelight.data.shards import ManifestError, read_manifest
 from eelight.data.text import IGNORE_INDEX, NoAnswerLeft, caption_turns, encode_counted, template
 from eelight.errors import UserError
@@ -240,7 +240,7 @@ def _examples(make, handler, cache: dict | None):
 def make_example(sample: dict[str, Any], stage: str, tokenizer, tpl, processor, max_length: int,
                  placement: str = "marker") -> dict[str, Any]:
     """A decoded webdataset sample -> tensors. Raises BadSample for what must be skipped.
-    `processor` is a FastImageTransform; images stay uint8 until `collate`. `placement`:
+    `processor` is an image transform (`image_transform`); images stay uint8 until `collate`. `placement`:
     the visual tokens where the `<image>` marker stands, or first (`text.encode`)."""
     image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     if image is None:
@@ -334,7 +334,7 @@ def make_pipeline(
     if subset is not None:  # read only the shards that hold the subset (a 100-sample subset: one)
         keep, wanted = subset_keys(shard_urls, subset)
         shard_urls = list(wanted)
-    transform = processor if isinstance(processor, FastImageTransform) else FastImageTransform(processor)
+    transform = image_transform(processor)
     counter = counter or BadSampleCounter()
     counter.urls = shard_urls
     stages: list[Any] = []

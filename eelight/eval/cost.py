@@ -19,7 +19,7 @@ def forward_cost(model_cfg: ModelConfig | ResolvedModel, n_text: int) -> tuple[i
         model = MLLM(resolved.cfg, resolved.cfg.llm, resolved.vision_hf)
     size = model.vision.image_size
     ids = torch.zeros(1, n_text, dtype=torch.long, device="meta")
-    pixels = torch.empty(1, 3, size, size, device="meta")
+    pixels = torch.empty(1, model.vision.channels, size, size, device="meta")
     with torch.no_grad():
         model(ids, pixels)  # warm-up outside the counter: builds the cached causal bias
         with FlopCounterMode(display=False) as counter:

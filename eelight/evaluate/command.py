@@ -19,7 +19,7 @@ from eelight.evaluate.target import Target
 
 
 def evaluate_target(target: Target, benchmarks: list[str] | None = None) -> list[EvalResult]:
-    from eelight.data.image import FastImageTransform
+    from eelight.data.image import image_transform
     from eelight.data.text import template
     from eelight.eval.registry import check_names, make_evaluator
 
@@ -30,7 +30,7 @@ def evaluate_target(target: Target, benchmarks: list[str] | None = None) -> list
 
         raise ConfigError("no benchmark to score: pass benchmarks=[probe,mmbench,seed,textvqa,docvqa]")
     check_names(names)
-    asker = Asker(target.model, target.tokenizer, FastImageTransform(target.processor), template(target.template, target.tokenizer, target.system_prompt),
+    asker = Asker(target.model, target.tokenizer, image_transform(target.processor), template(target.template, target.tokenizer, target.system_prompt),
                   target.placement, cfg.batch_size, cfg.max_new_tokens)
     run = target.run_cfg
     return [run_benchmark(asker, make_evaluator(name, cfg, run.data.val_shards if run else None,

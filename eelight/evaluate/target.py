@@ -144,7 +144,7 @@ def _load_export(folder: Path, model_over: list[str], eval_over: list[str], othe
     model.compile_decoder()
     prompting = json.loads((folder / "prompt.json").read_text()) if (folder / "prompt.json").exists() else {}
     return Target(model, AutoTokenizer.from_pretrained(str(folder)),
-                  image_processor(model.cfg.vision, model.vision.image_size),
+                  image_processor(model.cfg.vision, model.vision.image_size, folder),
                   prompting.get("template", "probe"), prompting.get("image_placement", "marker"),
                   _eval_config(None, eval_over), label=folder.name, variant_overrides=model_over,
                   system_prompt=prompting.get("system_prompt"))

@@ -25,7 +25,7 @@ ALIGNER_INITS = ("copy", "random")
 ATTN_IMPLS = ("auto", "sdpa", "flash")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ROPE_TYPES = ("default", "linear", "llama3")
-VISION_KINDS = ("clip", "siglip")
+VISION_KINDS = ("clip", "siglip", "dinov2", "dinosiglip")  # dinosiglip: DINOv2 + SigLIP patch features fused
 FEATURE_SELECTS = ("patch", "full")
 
 # (arch, visual_attn, aligner, aligner_ffn) combinations that have a meaning.
@@ -86,9 +86,13 @@ class LLMConfig:
 
 @dataclass
 class VisionConfig:
-    """A CLIP or SigLIP vision tower. With `path` set, the sizes come from that HF folder."""
+    """A CLIP, SigLIP or DINOv2 vision tower, or DINOv2 + SigLIP fused (`dinosiglip`: `path` is the
+    DINOv2 folder, `siglip_path` the SigLIP one). With paths set, the sizes come from the HF folders;
+    without, a random tower is built from these sizes (a fused one: both towers at these sizes)."""
 
     path: str | None = None
+    siglip_path: str | None = None  # dinosiglip only: the SigLIP folder (`path` is the DINOv2 one)
+    registers: int = at_least(0, 0)  # dinov2 / dinosiglip built from sizes: DINOv2's register tokens
     kind: str = one_of(VISION_KINDS, "clip")
     image_size: int = at_least(1, 32)
     patch_size: int = at_least(1, 8)
@@ -101,6 +105,14 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "model.vision")
+        if self.kind == "dinosiglip" and bool(self.path) != bool(self.siglip_path):
+            raise ValueError("model.vision.kind=dinosiglip needs both model.vision.path (the DINOv2 folder) and "
+                             "model.vision.siglip_path (the SigLIP folder), or neither (random towers)")
+        if self.siglip_path and self.kind != "dinosiglip":
+            raise ValueError(f"model.vision.siglip_path is for kind=dinosiglip (got kind={self.kind}); unset it")
+        if self.kind == "dinosiglip" and self.feature_select == "full":
+            raise ValueError("model.vision.kind=dinosiglip fuses patch features (the two towers' CLS tokens differ); "
+                             "use feature_select=patch")
         # With `path`, the sizes are the HF folder's, known once it is read (`resolve_model`).
         if self.path is None and not -self.num_layers - 1 <= self.feature_layer <= self.num_layers:
             raise ValueError(f"model.vision.feature_layer={self.feature_layer} is outside the tower's "
@@ -211,7 +223,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def portable_config(cfg: ModelConfig) -> ModelConfig:
     """The model config without local paths (sizes stay resolved): what an export folder keeps."""
-    return replace(cfg, llm=replace(cfg.llm, path=None), vision=replace(cfg.vision, path=None))
+    return replace(cfg, llm=replace(cfg.llm, path=None), vision=replace(cfg.vision, path=None, siglip_path=None))
 
 
 def model_config(preset: str, **overrides: Any) -> ModelConfig:

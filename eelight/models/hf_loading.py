@@ -24,6 +24,7 @@ from torch import nn
 
 from eelight.errors import CheckpointError, one_line
 from eelight.models.config import LLMConfig, ModelConfig, VisionConfig
+from eelight.models.vision import FUSED, FusedVisionConfig, tower_kind
 
 LLM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -47,14 +48,15 @@ LLM_KEY_RULES: dict[str, list[tuple[str, str]]] = {
 # Buffers some older checkpoints carry; recomputed here from the config.
 LLM_SKIP = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"]
 # The text half of a full CLIP / SigLIP checkpoint.
-VISION_SKIP = [r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"logit_(scale|bias)"]
+VISION_SKIP = [r"text_model\..*", r"text_projection\..*", r"visual_projection\..*", r"logit_(scale|bias)",
+               r"classifier\..*"]  # and a DINOv2 classifier's head
 
 
-def read_config(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
+def read_config(folder: str | Path, name: str = "config.json") -> dict[str, Any]:
+    path = Path(folder) / name
     if not path.is_file():
         raise CheckpointError(
-            f"{path} not found: a Hugging Face checkpoint folder needs config.json (check the path; "
+            f"{path} not found: a Hugging Face checkpoint folder needs {name} (check the path; "
             "the tiny probe backbones are built by `eelight backbones`)"
         )
     try:
@@ -67,11 +69,11 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     return hf
 
 
-def _from_config(folder: str | Path, parse: Any) -> Any:
+def _from_config(folder: str | Path, parse: Any, name: str = "config.json") -> Any:
     """`parse(config.json)`, with anything the file gets wrong named in one line."""
-    path = Path(folder) / "config.json"
+    path = Path(folder) / name
     try:
-        return parse(read_config(folder))
+        return parse(read_config(folder, name))
     except CheckpointError as exn:
         if str(path) in str(exn):
             raise
@@ -202,18 +204,27 @@ def llm_config_from_hf(hf: dict[str, Any], path: str | None = None) -> tuple[LLM
     return cfg, family
 
 
+def read_vision_config(folder: str | Path, name: str = "config.json") -> Any:
+    """A folder's vision config (an export's `vision_config.json`), its faults named in one line."""
+    return _from_config(folder, vision_config_from_hf, name)
+
+
 def vision_config_from_hf(hf: dict[str, Any]) -> Any:
-    """The `transformers` vision config of a CLIP / SigLIP (vision or full) config dict."""
-    from transformers import CLIPVisionConfig, SiglipVisionConfig
+    """The `transformers` vision config of a CLIP / SigLIP (vision or full) or DINOv2 (with or
+    without registers) config dict; a saved fused tower's dict gives a `FusedVisionConfig`."""
+    from transformers import CLIPVisionConfig, Dinov2Config, Dinov2WithRegistersConfig, SiglipVisionConfig
 
     kind = hf.get("model_type")
+    if kind == FUSED:
+        dino, siglip = (vision_config_from_hf(t) for t in hf["towers"])
+        return FusedVisionConfig(dino, siglip)
     if kind in ("clip", "siglip"):
         hf, kind = hf["vision_config"], f"{kind}_vision_model"
-    if kind == "clip_vision_model":
-        return CLIPVisionConfig(**hf)
-    if kind == "siglip_vision_model":
-        return SiglipVisionConfig(**hf)
-    raise CheckpointError(f"vision model_type {kind!r} is not supported; use a CLIP or SigLIP folder")
+    classes = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig,
+               "dinov2": Dinov2Config, "dinov2_with_registers": Dinov2WithRegistersConfig}
+    if kind not in classes:
+        raise CheckpointError(f"vision model_type {kind!r} is not supported; use a CLIP, SigLIP or DINOv2 folder")
+    return classes[kind](**hf)
 
 
 def resolve_llm(cfg: LLMConfig) -> tuple[LLMConfig, str]:
@@ -242,11 +253,20 @@ def resolve(cfg: ModelConfig | ResolvedModel) -> ResolvedModel:
         return cfg
     llm, family = resolve_llm(cfg.llm)
     vision = cfg.vision
-    if vision.path:
-        vision_hf = _from_config(vision.path, vision_config_from_hf)
-        vision = _vision_sizes(vision, vision_hf)
-    else:
-        vision_hf = vision_hf_config(vision)
+    if not vision.path:
+        return ResolvedModel(replace(cfg, llm=llm), family, vision_hf_config(vision))
+    vision_hf = _from_config(vision.path, vision_config_from_hf)
+    expected = "dinov2" if vision.kind == FUSED else vision.kind
+    if tower_kind(vision_hf) != expected:
+        raise CheckpointError(f"{vision.path} holds a {vision_hf.model_type!r} tower but model.vision.kind="
+                              f"{vision.kind} wants {expected}; set model.vision.kind={tower_kind(vision_hf)}")
+    vision = _vision_sizes(vision, vision_hf)
+    if vision.kind == FUSED:
+        siglip = _from_config(vision.siglip_path, vision_config_from_hf)
+        if tower_kind(siglip) != "siglip":
+            raise CheckpointError(f"model.vision.siglip_path={vision.siglip_path} holds a {siglip.model_type!r} "
+                                  "tower, not a SigLIP one")
+        vision_hf = FusedVisionConfig(vision_hf, siglip)
     return ResolvedModel(replace(cfg, llm=llm, vision=vision), family, vision_hf)
 
 
@@ -257,9 +277,19 @@ def resolve_model(cfg: ModelConfig) -> ModelConfig:
 
 
 def _vision_sizes(vision: Any, hf: Any) -> Any:
-    return replace(vision, kind="siglip" if "siglip" in hf.model_type else "clip", image_size=hf.image_size,
-                   patch_size=hf.patch_size, hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
-                   num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads)
+    """The folder's sizes (kind=dinosiglip: its DINOv2 tower's). DINOv2 runs at its processor's
+    crop size when the folder has one (its config's image_size is the pretraining size)."""
+    from eelight.models.vision import image_processor
+
+    kind = tower_kind(hf)
+    size, intermediate = hf.image_size, getattr(hf, "intermediate_size", None)
+    if kind == "dinov2":
+        intermediate = int(hf.hidden_size * hf.mlp_ratio)
+        if (Path(vision.path) / "preprocessor_config.json").is_file():
+            size = image_processor(replace(vision, kind="dinov2", siglip_path=None), size).crop_size["height"]
+    return replace(vision, kind=FUSED if vision.kind == FUSED else kind, image_size=size, patch_size=hf.patch_size,
+                   hidden_size=hf.hidden_size, intermediate_size=intermediate, num_layers=hf.num_hidden_layers,
+                   num_heads=hf.num_attention_heads, registers=int(getattr(hf, "num_register_tokens", 0) or 0))
 
 
 def load_llm_weights(decoder: nn.Module, folder: str, family: str) -> None:
@@ -268,15 +298,28 @@ def load_llm_weights(decoder: nn.Module, folder: str, family: str) -> None:
     load_strict(decoder, state, source, decoder.new_parameter_names())
 
 
-def _vision_rules(prefix: str = "") -> list[tuple[str, str]]:
-    # Vision-only folders keep HF's own names; older ones nest them under `vision_model.`.
-    return [(rf"{prefix}(?:vision_model\.)?(.+)", r"\1")]
+# DINOv2 checkpoints (the hub's, and what transformers 5 still writes) name attention as
+# `attention.attention.{query,key,value}` and `attention.output.dense`; the modules are q/k/v/o_proj.
+_DINO_ATTENTION = [(rf"(?:dinov2\.)?encoder\.layer\.(\d+)\.attention\.{old}\.(weight|bias)",
+                    rf"encoder.layer.\1.attention.{new}_proj.\2")
+                   for old, new in (("attention.query", "q"), ("attention.key", "k"), ("attention.value", "v"),
+                                    ("output.dense", "o"))]
 
 
-def load_vision_weights(tower: nn.Module, folder: str) -> None:
-    source = f"vision checkpoint {folder}"
-    state = map_keys(read_safetensors(folder), _vision_rules(), VISION_SKIP, source)
-    load_strict(tower.model, state, source)
+def _vision_rules(kind: str) -> list[tuple[str, str]]:
+    # Vision-only folders keep HF's own names; older ones nest them under `vision_model.`,
+    # DINOv2 classification checkpoints under `dinov2.`.
+    return (_DINO_ATTENTION if kind == "dinov2" else []) + [(r"(?:vision_model\.|dinov2\.)?(.+)", r"\1")]
+
+
+def load_vision_weights(tower: nn.Module, vision: VisionConfig) -> None:
+    """The tower's weights from `vision.path` (kind=dinosiglip: and `vision.siglip_path`)."""
+    parts = [(tower.dino, vision.path), (tower.siglip, vision.siglip_path)] if vision.kind == FUSED else [
+        (tower, vision.path)]
+    for part, folder in parts:
+        source = f"vision checkpoint {folder}"
+        state = map_keys(read_safetensors(folder), _vision_rules(part.kind), VISION_SKIP, source)
+        load_strict(part.model, state, source)
 
 
 def llava_model_config(folder: str, preset: ModelConfig) -> tuple[ModelConfig, Any]:
@@ -291,7 +334,7 @@ def llava_model_config(folder: str, preset: ModelConfig) -> tuple[ModelConfig, A
         raise CheckpointError(f"{folder}: vision_feature_layer={layer} (several layers) is not supported")
     llm, _ = llm_config_from_hf(hf["text_config"], folder)
     vision_hf = vision_config_from_hf(hf["vision_config"])
-    kind = "siglip" if "siglip" in vision_hf.model_type else "clip"
+    kind = tower_kind(vision_hf)
     select = "full" if hf.get("vision_feature_select_strategy") == "full" else "patch"
     vision = VisionConfig(path=None, kind=kind, feature_layer=layer, feature_select=select)
     return replace(preset, llm=llm, vision=vision, projector_depth=2), vision_hf

@@ -7,6 +7,7 @@ folders; `load_llava` builds one from a `transformers` LLaVA folder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
 from eelight.models.roles import PROJECTOR, VISION, with_role
-from eelight.models.vision import VisionTower, pool_grid
+from eelight.models.vision import build_tower, image_processor, pool_grid
 
 IGNORE_INDEX = -100
 
@@ -65,10 +66,10 @@ def _padding_mask(text_valid, n_keys: int, n_rows: int) -> torch.Tensor | None:
 
 
 class MLLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, llm: LLMConfig, vision_config) -> None:
+    def __init__(self, cfg: ModelConfig, llm: LLMConfig, vision_config, processor=None) -> None:
         super().__init__()
         self.cfg = replace(cfg, llm=llm)
-        self.vision = with_role(VisionTower(cfg.vision, vision_config), VISION)
+        self.vision = with_role(build_tower(cfg.vision, vision_config, processor), VISION)
         self.projector = with_role(Projector(self.vision.hidden_size, llm.hidden_size, cfg.projector_depth), PROJECTOR)
         self.decoder = Decoder(llm, cfg, self.vision.hidden_size)
         self._pooled_tokens = self.vision.num_tokens // cfg.visual_pool**2
@@ -98,7 +99,7 @@ class MLLM(nn.Module):
             state.pop("decoder.lm_head.weight")  # safetensors refuses shared tensors; re-tied on load
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(portable_config(self.cfg))))
-        self.vision.model.config.to_json_file(folder / "vision_config.json")
+        (folder / "vision_config.json").write_text(json.dumps(self.vision.hf_config_dict(), indent=2))
         return folder
 
     @classmethod
@@ -109,7 +110,6 @@ class MLLM(nn.Module):
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
         from safetensors.torch import load_file
-        from transformers import AutoConfig
 
         folder = Path(folder)
         if not (folder / "model.safetensors").is_file():
@@ -120,7 +120,9 @@ class MLLM(nn.Module):
             cfg = apply_model_overrides(saved, overrides)
         except (OmegaConfBaseException, ValueError) as exn:
             raise CheckpointError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
-        model = cls(cfg, cfg.llm, AutoConfig.from_pretrained(folder / "vision_config.json"))
+        vision_hf = hf_loading.read_vision_config(folder, "vision_config.json")
+        processor = image_processor(cfg.vision, cfg.vision.image_size, folder)  # the export's own
+        model = cls(cfg, cfg.llm, vision_hf, processor)
         hf_loading.load_strict(model, load_file(folder / "model.safetensors"),
                                f"{folder}/model.safetensors (against its config.yaml)")
         return model.eval()
@@ -308,7 +310,7 @@ def build_mllm(model_cfg: ModelConfig | hf_loading.ResolvedModel) -> MLLM:
     if cfg.llm.path:
         hf_loading.load_llm_weights(model.decoder, cfg.llm.path, resolved.family)
     if cfg.vision.path:
-        hf_loading.load_vision_weights(model.vision, cfg.vision.path)
+        hf_loading.load_vision_weights(model.vision, cfg.vision)
     if cfg.aligner == "fresh" and cfg.aligner_init == "copy":
         model.decoder.init_aligner_copies()
     return model

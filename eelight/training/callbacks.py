@@ -39,12 +39,12 @@ class BenchmarkScoring(Callback):
             evaluator.load()
 
     def scores(self, model) -> dict[str, float]:
-        from eelight.data.image import FastImageTransform
+        from eelight.data.image import image_transform
         from eelight.data.text import template
         from eelight.eval.runner import Asker, run_benchmark
 
         d, e = self.cfg.data, self.cfg.eval
-        asker = Asker(model, self.tokenizer, FastImageTransform(self.processor),
+        asker = Asker(model, self.tokenizer, image_transform(self.processor),
                       template(d.template, self.tokenizer, d.system_prompt), d.image_placement, e.batch_size,
                       e.max_new_tokens)
         return {k: v for ev in self.evaluators for k, v in run_benchmark(asker, ev).metrics.items()}
