@@ -9,6 +9,7 @@
     eelight services start|stop [--dir services]   # local PostgreSQL + MLflow server
     eelight report weight_reuse
     eelight export --study weight_reuse --out exported/ [--register NAME]
+    eelight export --run runs/llava_tiny/instruct --out exported/llava_hf --format hf   # transformers LLaVA
 
 What a user caused (`eelight.errors.UserError`: config keys and YAML syntax, missing or
 truncated checkpoints and shards, bad benchmark files, too many bad samples) exits with
@@ -105,11 +106,28 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if args.register and args.format != "eelight":
+        raise UserError("--register takes an eelight folder (the registered pyfunc loads it): drop --register "
+                        "or use --format eelight")
+    if bool(args.study) == bool(args.run):
+        raise UserError("eelight export needs one of --study NAME (its best trial) or --run runs/<name>/<stage>")
+    if args.run:
+        from eelight.export import export_model
+        from eelight.training.run import resume_checkpoint
+
+        ckpt = resume_checkpoint(Path(args.run))
+        if ckpt is None:
+            raise UserError(f"{args.run} has no last.ckpt: pass a trained stage's folder (runs/<name>/<stage>)")
+        print(json.dumps({"folder": str(export_model(Path(args.run) / "config.yaml", ckpt, args.out, None,
+                                                     args.format))}))
+        return
     from eelight.sweeps.best import best_trial_export
     from eelight.sweeps.config import load_sweep
 
     sweep = _with_out_dir(load_sweep(_sweep_file(args.study), args.overrides), args)
-    print(json.dumps(best_trial_export(sweep, args.out, args.register)))
+    print(json.dumps(best_trial_export(sweep, args.out, args.register, args.format)))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -157,9 +175,13 @@ def _study_commands(sub) -> None:
                    help="also analyse earlier runs of this sweep (their report's trials.csv) with it: "
                         "written to report_pooled/")
     p.set_defaults(fn=_report)
-    p = sub.add_parser("export", help="export the best trial of a sweep as a self-contained folder")
-    p.add_argument("--study", required=True, help="sweep name (sweeps/NAME.yaml) or a sweep file")
+    p = sub.add_parser("export", help="export the best trial of a sweep, or a run, as a self-contained folder")
+    p.add_argument("--study", default=None, help="sweep name (sweeps/NAME.yaml) or a sweep file")
+    p.add_argument("--run", default=None, help="or a trained stage's folder, runs/<name>/<stage>")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["eelight", "hf"], default="eelight",
+                   help="eelight: eelight's folder (default); hf: transformers' LlavaForConditionalGeneration "
+                        "(LLaVA-shaped models only)")
     p.add_argument("--register", default=None, help="also register it in the MLflow model registry")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=_export)

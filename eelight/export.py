@@ -19,10 +19,13 @@ from typing import Any
 
 from eelight.models.config import ModelConfig, portable_config
 
+FORMATS = ("eelight", "hf")
+
 
 def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Path,
-                 card: dict[str, Any] | None = None) -> Path:
-    """Write the folder from a run's saved `config.yaml` and its Lightning checkpoint."""
+                 card: dict[str, Any] | None = None, fmt: str = "eelight") -> Path:
+    """Write the folder from a run's saved `config.yaml` and its Lightning checkpoint: an
+    eelight folder, or (`fmt="hf"`) a `transformers` LLaVA folder (`eelight.hf_export`)."""
     from eelight.data.tokenizer import load_tokenizer
     from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
@@ -34,8 +37,13 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
     init_from_checkpoint(model, checkpoint)
     prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement,
                  "system_prompt": run_cfg.data.system_prompt}
-    out = save_export(model, out, load_tokenizer(run_cfg.data.tokenizer),
-                      image_processor(run_cfg.model.vision, model.vision.image_size), prompting)
+    tokenizer, processor = load_tokenizer(run_cfg.data.tokenizer), image_processor(run_cfg.model.vision,
+                                                                                  model.vision.image_size)
+    if fmt == "hf":
+        from eelight.hf_export import export_llava
+
+        return export_llava(model.eval(), out, tokenizer, processor, prompting)
+    out = save_export(model, out, tokenizer, processor, prompting)
     _model_card(out, portable_config(model.cfg), run_cfg, card or {})
     return out
 

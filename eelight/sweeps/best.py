@@ -21,7 +21,8 @@ def best_trial(sweep: SweepConfig):
     return study.best_trial
 
 
-def best_trial_export(sweep: SweepConfig, out: str | Path, register_as: str | None = None) -> dict[str, Any]:
+def best_trial_export(sweep: SweepConfig, out: str | Path, register_as: str | None = None,
+                      fmt: str = "eelight") -> dict[str, Any]:
     """Export the study's best trial (and optionally register it in the model registry)."""
     best = best_trial(sweep)
     ckpt = Path(best.user_attrs["checkpoint"])
@@ -30,7 +31,7 @@ def best_trial_export(sweep: SweepConfig, out: str | Path, register_as: str | No
             "stages": " -> ".join(sweep.stages), "source": f"sweep {sweep.name}, params {json.dumps(best.params)}"}
     from eelight.export import export_model
 
-    folder = export_model(ckpt.parent / "config.yaml", ckpt, out, card)
+    folder = export_model(ckpt.parent / "config.yaml", ckpt, out, card, fmt)
     result: dict[str, Any] = {"trial": best.number, "value": best.value, "folder": str(folder)}
     if register_as:
         from eelight.mlflow_pyfunc import register_model

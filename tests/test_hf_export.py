@@ -1,0 +1,150 @@
+"""`eelight export --format hf`: a LLaVA-shaped model as transformers' `LlavaForConditionalGeneration`,
+loaded and run in a subprocess where eelight cannot be imported; its processor builds the
+prompt eelight trained with, its logits and greedy tokens equal eelight's."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import tiny_export_parts
+from PIL import Image
+
+from eelight.data.image import image_transform
+from eelight.data.text import TEMPLATES, prompt
+from eelight.errors import UserError
+from eelight.hf_export import export_llava
+
+QUESTION = "How many shapes are there? A. one B. two C. three"
+
+# Runs with eelight made unimportable: only torch, transformers and the folder.
+HF_SIDE = r"""
+import json, sys
+sys.modules["eelight"] = None
+try:
+    import eelight  # noqa: F401
+    raise SystemExit("eelight is importable in the subprocess")
+except ImportError:
+    pass
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+folder, question, image_path, out = sys.argv[1:5]
+model, info = LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+model.eval()
+processor = AutoProcessor.from_pretrained(folder)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+text = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(text=text, images=Image.open(image_path), return_tensors="pt")
+with torch.no_grad():
+    logits = model(**inputs).logits[0]
+    new = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+text_rows = inputs["input_ids"][0] != model.config.image_token_id
+np.save(out + ".npy", logits[text_rows].numpy())
+json.dump({"info": {k: [str(x) for x in v] for k, v in info.items()}, "ids": inputs["input_ids"][0].tolist(),
+           "image_token_id": model.config.image_token_id, "new": new.tolist()},
+          open(out + ".json", "w"))
+"""
+
+
+def _image(path):
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (45, 60, 3), dtype=np.uint8)).save(path)
+    return Image.open(path)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_llava_exports_as_transformers_llava_and_runs_without_eelight(tmp_path, kind):
+    from dataclasses import replace
+
+    from eelight.models import build_mllm
+
+    model, tok, _ = tiny_export_parts(tmp_path, "llava")
+    if kind == "siglip":
+        model = build_mllm(replace(model.cfg, vision=replace(model.cfg.vision, kind="siglip"))).eval()
+    from eelight.models.vision import image_processor
+
+    processor = image_processor(model.cfg.vision, model.vision.image_size)
+    out = export_llava(model, tmp_path / "hf", tok, processor, {"template": "probe", "image_placement": "marker"})
+    image = _image(tmp_path / "image.png")
+    enc = prompt(QUESTION, TEMPLATES["probe"], tok)
+    ids = torch.tensor([enc.ids])
+    pixels = image_transform(processor)(image)[None]
+    with torch.no_grad():
+        ours = model(ids, pixels, image_offset=enc.image_offset).logits[0]
+        new = model.generate(ids, pixels, image_offset=enc.image_offset, max_new_tokens=8,
+                             eos_token_id=tok.eos_token_id)[0].tolist()
+    result = tmp_path / "hf_side"
+    subprocess.run([sys.executable, "-c", HF_SIDE, str(out), QUESTION, str(tmp_path / "image.png"), str(result)],
+                   check=True, timeout=300)
+    hf = json.loads((tmp_path / "hf_side.json").read_text())
+    assert all(not v for v in hf["info"].values()), hf["info"]  # strict: nothing missing, unexpected or mismatched
+    nv = model.num_visual_tokens
+    image_id = hf["image_token_id"]
+    assert hf["ids"] == enc.ids[:enc.image_offset] + [image_id] * nv + enc.ids[enc.image_offset:]
+    theirs = torch.from_numpy(np.load(tmp_path / "hf_side.npy"))[:, :ours.shape[-1]]
+    assert (theirs - ours).abs().max() <= 1e-5
+    if tok.eos_token_id in new:
+        new = new[:new.index(tok.eos_token_id) + 1]
+    assert hf["new"] == new
+    card = (out / "README.md").read_text()
+    import transformers
+
+    assert f"transformers {transformers.__version__}" in card
+
+
+@pytest.mark.parametrize("preset,named", [("ee_mllm", "model.visual_attn=none"), ("flamingo", "model.arch=flamingo"),
+                                          ("aki", "model.visual_reads_question=True")])
+def test_other_variants_are_refused_in_one_line(tmp_path, preset, named):
+    model, tok, processor = tiny_export_parts(tmp_path, preset)
+    with pytest.raises(UserError, match="use --format eelight") as exn:
+        export_llava(model, tmp_path / "hf", tok, processor, {"template": "probe"})
+    assert named in str(exn.value) and len(str(exn.value).splitlines()) == 1
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_start_placement_or_auto_template_is_refused(tmp_path):
+    model, tok, processor = tiny_export_parts(tmp_path, "llava")
+    for prompting, named in (({"template": "probe", "image_placement": "start"}, "image_placement=start"),
+                             ({"template": "auto"}, "data.template=auto")):
+        with pytest.raises(UserError, match=named):
+            export_llava(model, tmp_path / "hf", tok, processor, prompting)
+
+
+@pytest.mark.slow
+def test_cli_exports_a_trained_llava_run(probe_env, tmp_path, capsys):
+    """`eelight export --run RUN --format hf` on a trained LLaVA run: transformers' LLaVA from the
+    folder gives the logits of eelight's own export of the same run; an EE-MLLM run exits 2."""
+    from helpers import one_line_exit_2
+    from transformers import LlavaForConditionalGeneration
+
+    from eelight.cli import main as cli
+    from eelight.export import load
+    from eelight.training.config import load_run_config
+    from eelight.training.run import train
+
+    runs = {}
+    for preset in ("llava", "ee_mllm"):
+        cfg = load_run_config(["experiments/ee_mllm_tiny.yaml", "experiments/stages/instruct.yaml"],
+                              probe_env["overrides"] + [f"model_preset={preset}", f"name=hf_{preset}",
+                                                        "trainer.max_steps=4", "eval.benchmarks=[]"])
+        train(cfg)
+        runs[preset] = cfg.run_dir
+    cli(["export", "--run", str(runs["llava"]), "--out", str(tmp_path / "hf"), "--format", "hf"])
+    cli(["export", "--run", str(runs["llava"]), "--out", str(tmp_path / "ours")])
+    hf, ours = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval(), load(tmp_path / "ours")
+    ids = torch.randint(5, 60, (1, 9))
+    pixels = torch.randn(1, 3, 64, 64)
+    image = torch.full((1, ours.num_visual_tokens), hf.config.image_token_id)
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.cat([ids[:, :2], image, ids[:, 2:]], 1), pixel_values=pixels).logits
+        expected = ours(ids, pixels, image_offset=2).logits
+    text_rows = torch.cat([theirs[:, :2], theirs[:, 2 + ours.num_visual_tokens:]], 1)[..., :expected.shape[-1]]
+    assert (text_rows - expected).abs().max() <= 1e-5
+    capsys.readouterr()
+    line = one_line_exit_2(capsys, ["export", "--run", str(runs["ee_mllm"]), "--out", str(tmp_path / "no"),
+                                    "--format", "hf"])
+    assert "model.visual_attn=none" in line and "--format eelight" in line
