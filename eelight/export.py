@@ -40,10 +40,16 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
     tokenizer, processor = load_tokenizer(run_cfg.data.tokenizer), image_processor(run_cfg.model.vision,
                                                                                   model.vision.image_size)
     if fmt == "hf":
-        from eelight.hf_export import export_llava
+        from eelight.hf_export import export_llava, native_problem
 
-        return export_llava(model.eval(), out, tokenizer, processor, prompting)
+        if native_problem(model.cfg, prompting) is None:
+            return export_llava(model.eval(), out, tokenizer, processor, prompting)
     out = save_export(model, out, tokenizer, processor, prompting)
+    if fmt == "hf":
+        from eelight.hf_remote import write_custom_code
+
+        write_custom_code(out, model, tokenizer)
+        card = {**(card or {}), "custom_code": True}
     _model_card(out, portable_config(model.cfg), run_cfg, card or {})
     return out
 
@@ -62,7 +68,9 @@ def _model_card(out: Path, cfg: ModelConfig, run_cfg, card: dict[str, Any]) -> N
     metrics = card.get("metrics", {})
     lines = [
         f"# {card.get('title', run_cfg.name)}", "",
-        "An eelight model (EE-MLLM family). Load it with `eelight.load(\"<this folder>\")`.", "",
+        "An eelight model (EE-MLLM family). Load it with `eelight.load(\"<this folder>\")`"
+        + (", or without eelight: `transformers.AutoModel.from_pretrained(\"<this folder>\", trust_remote_code=True)` "
+           f"(tested with transformers {_transformers_version()})" if card.get("custom_code") else "") + ".", "",
         "## Variant", "",
         f"arch={cfg.arch}, visual_attn={cfg.visual_attn}, aligner={cfg.aligner}, aligner_init={cfg.aligner_init}, "
         f"aligner_ffn={cfg.aligner_ffn}, projector_depth={cfg.projector_depth}; LLM {cfg.llm.num_layers} layers x "
@@ -77,6 +85,12 @@ def _model_card(out: Path, cfg: ModelConfig, run_cfg, card: dict[str, Any]) -> N
         *([f"- source: {card['source']}"] if "source" in card else []), "",
     ]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):

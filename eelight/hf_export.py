@@ -13,8 +13,8 @@ VLMEvalKit or vLLM load it with no eelight code:
 
 Before anything is written, the export renders one question through the processor and checks
 the token ids equal the prompt eelight builds; a tokenizer for which they differ is refused.
-Every other variant (EE-MLLM, Flamingo, ...) needs code `transformers` does not have: refused in
-one line (a custom-code export is not built yet).
+Every other variant (EE-MLLM, Flamingo, ...) needs code `transformers` does not have:
+`export.export_model(fmt="hf")` writes it as a custom-code folder instead (`hf_remote`).
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def export_llava(model, out: str | Path, tokenizer, processor, prompting: dict[s
     problem = native_problem(cfg, prompting)
     if problem:
         raise UserError(f"--format hf: {problem}; only a LLaVA-shaped model exports as transformers' "
-                        "LlavaForConditionalGeneration (a custom-code export is not built yet): use --format eelight")
+                        "LlavaForConditionalGeneration: export_model(fmt='hf') writes the others as custom code, "
+                        "or use --format eelight")
     tok, image_id = _tokenizer_with_image_token(tokenizer)
     strategy, extra = _feature_strategy(cfg)
     text = hf_text_config(cfg.llm)

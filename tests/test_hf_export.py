@@ -3,6 +3,7 @@ loaded and run in a subprocess where eelight cannot be imported; its processor b
 prompt eelight trained with, its logits and greedy tokens equal eelight's."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -116,8 +117,9 @@ def test_a_start_placement_or_auto_template_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_cli_exports_a_trained_llava_run(probe_env, tmp_path, capsys):
-    """`eelight export --run RUN --format hf` on a trained LLaVA run: transformers' LLaVA from the
-    folder gives the logits of eelight's own export of the same run; an EE-MLLM run exits 2."""
+    """`eelight export --run RUN --format hf` on trained runs: transformers' LLaVA from the LLaVA
+    run's folder, and AutoModel (custom code) from the EE-MLLM run's, give the logits of eelight's
+    own export of the same run; --register with --format hf exits 2."""
     from helpers import one_line_exit_2
     from transformers import LlavaForConditionalGeneration
 
@@ -144,7 +146,67 @@ def test_cli_exports_a_trained_llava_run(probe_env, tmp_path, capsys):
         expected = ours(ids, pixels, image_offset=2).logits
     text_rows = torch.cat([theirs[:, :2], theirs[:, 2 + ours.num_visual_tokens:]], 1)[..., :expected.shape[-1]]
     assert (text_rows - expected).abs().max() <= 1e-5
-    capsys.readouterr()
+    from transformers import AutoModel
+
+    cli(["export", "--run", str(runs["ee_mllm"]), "--out", str(tmp_path / "ee_hf"), "--format", "hf"])
+    cli(["export", "--run", str(runs["ee_mllm"]), "--out", str(tmp_path / "ee_ours")])
+    remote, ours = AutoModel.from_pretrained(tmp_path / "ee_hf", trust_remote_code=True), load(tmp_path / "ee_ours")
+    assert "trust_remote_code=True" in (tmp_path / "ee_hf" / "README.md").read_text()
+    with torch.no_grad():
+        assert torch.equal(remote(input_ids=ids, pixel_values=pixels, image_offset=2).logits,
+                           ours(ids, pixels, image_offset=2).logits)
     line = one_line_exit_2(capsys, ["export", "--run", str(runs["ee_mllm"]), "--out", str(tmp_path / "no"),
-                                    "--format", "hf"])
-    assert "model.visual_attn=none" in line and "--format eelight" in line
+                                    "--format", "hf", "--register", "x"])
+    assert "--register" in line
+
+
+# Custom code: AutoModel with trust_remote_code, eelight unimportable.
+REMOTE_SIDE = r"""
+import json, sys
+sys.modules["eelight"] = None
+try:
+    import eelight  # noqa: F401
+    raise SystemExit("eelight is importable in the subprocess")
+except ImportError:
+    pass
+import numpy as np, torch
+from transformers import AutoModel
+
+folder, data, out = sys.argv[1:4]
+d = torch.load(data, weights_only=True)
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    logits = model(input_ids=d["ids"], pixel_values=d["pixels"], image_offset=d["offset"]).logits
+    cached = model.generate(d["ids"], d["pixels"], image_offset=d["offset"], max_new_tokens=8)
+    uncached = model.generate(d["ids"], d["pixels"], image_offset=d["offset"], max_new_tokens=8, use_cache=False)
+np.save(out + ".npy", logits.numpy())
+json.dump({"cached": cached[0, d["ids"].shape[1]:].tolist(), "uncached": uncached[0, d["ids"].shape[1]:].tolist()},
+          open(out + ".json", "w"))
+"""
+
+
+@pytest.mark.parametrize("preset", ["ee_mllm", "ee_mllm_fresh", "flamingo", "saisa"])
+def test_other_variants_export_as_custom_code_and_run_without_eelight(tmp_path, preset):
+    from eelight.export import save_export
+    from eelight.hf_remote import write_custom_code
+
+    model, tok, processor = tiny_export_parts(tmp_path, preset)
+    out = save_export(model, tmp_path / "hf", tok, processor, {"template": "probe", "image_placement": "marker"})
+    write_custom_code(out, model, tok)
+    assert not any(re.match(r"\s*(from|import) eelight\b", line) for f in out.glob("*.py")
+                   for line in f.read_text().splitlines())
+    enc = prompt(QUESTION, TEMPLATES["probe"], tok)
+    ids = torch.tensor([enc.ids])
+    pixels = image_transform(processor)(_image(tmp_path / "image.png"))[None]
+    offset = torch.tensor([enc.image_offset])
+    with torch.no_grad():
+        ours = model(ids, pixels, image_offset=offset).logits
+        new = model.generate(ids, pixels, image_offset=offset, max_new_tokens=8, eos_token_id=tok.eos_token_id)
+    torch.save({"ids": ids, "pixels": pixels, "offset": offset}, tmp_path / "inputs.pt")
+    subprocess.run([sys.executable, "-c", REMOTE_SIDE, str(out), str(tmp_path / "inputs.pt"), str(tmp_path / "r")],
+                   check=True, timeout=300)
+    theirs = torch.from_numpy(np.load(tmp_path / "r.npy"))
+    assert (theirs - ours).abs().max() <= 1e-5
+    hf = json.loads((tmp_path / "r.json").read_text())
+    assert hf["cached"] == hf["uncached"] == new[0].tolist()
