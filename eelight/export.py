@@ -27,14 +27,12 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
     """Write the folder from a run's saved `config.yaml` and its Lightning checkpoint: an
     eelight folder, or (`fmt="hf"`) a `transformers` LLaVA folder (`eelight.hf_export`)."""
     from eelight.data.tokenizer import load_tokenizer
-    from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
-    from eelight.training.checkpoint import init_from_checkpoint
     from eelight.training.config import read_run_config
+    from eelight.training.recipe import load_trained
 
     run_cfg = read_run_config(run_cfg_path)
-    model = build_mllm(run_cfg.model)
-    init_from_checkpoint(model, checkpoint)
+    model = load_trained(run_cfg, checkpoint)  # a LoRA run's adapters merged
     prompting = {"template": run_cfg.data.template, "image_placement": run_cfg.data.image_placement,
                  "system_prompt": run_cfg.data.system_prompt}
     tokenizer, processor = load_tokenizer(run_cfg.data.tokenizer), image_processor(run_cfg.model.vision,

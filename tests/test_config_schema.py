@@ -86,6 +86,13 @@ RUN_RULES: dict[str, tuple] = {
     "eval.batch_size": ("int", 1, INF, False), "eval.max_new_tokens": ("int", 1, INF, False),
     "eval.seed_protocol": ("choice", ["likelihood", "generation"], False), "eval.textvqa_ocr": ("free",),
     **{f"eval.{b}.{k}": ("free",) for b in ("probe", "mmbench", "seed", "textvqa", "docvqa") for k in ("file", "images")},
+    # the training recipe (issue 31): per component stage / frozen / full / lora (LLM and tower only)
+    "recipe.llm": ("choice", ["stage", "frozen", "full", "lora"], False),
+    "recipe.vision": ("choice", ["stage", "frozen", "full", "lora"], False),
+    "recipe.projector": ("choice", ["stage", "frozen", "full"], False),
+    "recipe.new": ("choice", ["stage", "frozen", "full"], False),
+    "recipe.lora.rank": ("int", 1, INF, False), "recipe.lora.alpha": ("float>", 0, INF, False),
+    "recipe.lora.dropout": ("float<", 0, 1, False), "recipe.lora.target_modules": ("names",),
 }
 BENCHMARKS = ["probe", "mmbench", "seed", "textvqa", "docvqa"]
 
@@ -114,6 +121,8 @@ def _value(rule: tuple):
         return st.tuples(st.floats(-0.5, 1.5, allow_nan=False), st.floats(-0.5, 1.5, allow_nan=False))
     if kind == "benchmarks":
         return st.lists(st.sampled_from(BENCHMARKS + ["nope"]), max_size=3, unique=True)
+    if kind == "names":
+        return st.lists(st.sampled_from(["q_proj", "v_proj", "fc1"]), max_size=3, unique=True)
     return st.from_regex(r"[a-z][a-z0-9_./-]{0,7}", fullmatch=True)  # a plain YAML string on a dot-list
 
 
@@ -136,6 +145,8 @@ def _valid(key: str, rule: tuple, value) -> bool | None:
         return all(0 <= b < 1 for b in value)
     if kind == "benchmarks":
         return "nope" not in value
+    if kind == "names":
+        return len(value) > 0
     if key == "name":
         return "/" not in value and value not in (".", "..")
     return True

@@ -91,11 +91,10 @@ def load_target(path: str, items: list[str]) -> Target:
 
 def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: list[str]) -> Target:
     from eelight.data.tokenizer import load_tokenizer
-    from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
-    from eelight.training.checkpoint import init_from_checkpoint
     from eelight.training.config import read_run_config
     from eelight.training.distributed import checkpoint_step
+    from eelight.training.recipe import load_trained
     from eelight.training.run import resume_checkpoint
 
     ckpt = resume_checkpoint(folder)
@@ -104,9 +103,8 @@ def _load_run(folder: Path, model_over: list[str], eval_over: list[str], other: 
     cfg = read_run_config(folder / "config.yaml", model_over + other)
     if cfg.model.kv_only_layers == "auto":
         cfg.model.kv_only_layers = calibrated_layers(folder)
-    model = build_mllm(cfg.model)
     try:
-        init_from_checkpoint(model, ckpt)
+        model = load_trained(cfg, ckpt)  # a LoRA run's adapters merged
     except ValueError as exn:
         raise ConfigError(f"{exn} (model overrides: {' '.join(model_over) or 'none'})") from exn
     model.compile_decoder()

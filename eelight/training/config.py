@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eelight.config_rules import at_least, between, check_fields, nonempty, one_of, seed_field
+from eelight.config_rules import above, at_least, between, check_fields, nonempty, one_of, seed_field
 from eelight.data.text import PLACEMENTS
 from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
@@ -73,6 +73,39 @@ class TrainerConfig:
     threads: int | None = at_least(1, None)  # torch intra-op threads; None: this process's share of the cores (threads.py)
 
 
+RECIPE_MODES = ("stage", "frozen", "full", "lora")
+# Llama / Mistral / Qwen attention and MLP, CLIP / SigLIP / DINOv2 attention and MLP
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "out_proj", "fc1", "fc2"]
+
+
+@dataclass
+class LoraSettings:
+    rank: int = at_least(1, 8)
+    alpha: float = above(0.0, 16.0)
+    dropout: float = between(0.0, 1.0, 0.0, below_hi=True)
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # linear layers' own names
+
+    def __post_init__(self) -> None:
+        if not self.target_modules:
+            raise ValueError("recipe.lora.target_modules is empty; name the linear layers to adapt (e.g. [q_proj, v_proj])")
+
+
+@dataclass
+class RecipeConfig:
+    """What trains in this stage, per component (TinyLLaVA Factory's recipes): `stage` (the stage
+    table's choice: training/stages.py), `frozen`, `full`, or `lora` (LLM and vision tower only)."""
+
+    llm: str = one_of(RECIPE_MODES, "stage")
+    vision: str = one_of(RECIPE_MODES, "stage")
+    projector: str = one_of(RECIPE_MODES[:3], "stage")
+    new: str = one_of(RECIPE_MODES[:3], "stage")  # the new modules: aligner copies, SAISA's MLPs, Flamingo's blocks
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    @property
+    def uses_lora(self) -> bool:
+        return "lora" in (self.llm, self.vision)
+
+
 @dataclass
 class MLflowConfig:
     tracking_uri: str | None = None  # None: sqlite store under ./mlruns/
@@ -96,6 +129,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def __post_init__(self) -> None:
         from eelight.eval.registry import check_names
@@ -114,6 +148,9 @@ class RunConfig:
 def check_trainable(cfg: RunConfig) -> None:
     """What a run config may evaluate but not train: FastV's pruning ranks by each sample's last
     query, and a training batch is right-padded with no mask to say which row that is."""
+    if cfg.recipe.uses_lora and cfg.trainer.strategy == "fsdp":
+        raise ConfigError("recipe LoRA with trainer.strategy=fsdp is not supported (its checkpoints hold the adapters "
+                          "only, FSDP's sharded ones the whole model); use trainer.strategy=ddp or a full recipe")
     if cfg.model.prune_after:
         raise ConfigError(f"model.prune_after={cfg.model.prune_after} (FastV) is applied at evaluation only: train "
                           "the LLaVA model, then `eelight eval RUN model_preset=fastv`; drop model.prune_after here")

@@ -24,13 +24,13 @@ from eelight.data.loader import BadCountTracker
 from eelight.models.mllm import IGNORE_INDEX, MLLM
 from eelight.models.roles import parameter_roles
 from eelight.training.config import OptimConfig
-from eelight.training.stages import GROUPS, STAGE_TABLE
+from eelight.training.stages import GROUPS, trained_roles
 
 
-def parameter_groups(model: MLLM, stage: str) -> dict[str, list[torch.nn.Parameter]]:
-    """Trainable parameters by optimiser group for the stage (`training/stages.py`, by each
-    parameter's role); sets requires_grad on every parameter."""
-    trains = STAGE_TABLE[stage].trains
+def parameter_groups(model: MLLM, stage: str, recipe=None) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters by optimiser group for the stage and recipe (`training/stages.py`,
+    by each parameter's role); sets requires_grad on every parameter."""
+    trains = trained_roles(stage, recipe)
     groups: dict[str, list[torch.nn.Parameter]] = {g: [] for g in GROUPS}
     params = dict(model.named_parameters())
     for name, role in parameter_roles(model).items():
@@ -49,10 +49,13 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class MLLMModule(L.LightningModule):
-    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int) -> None:
+    def __init__(self, model: MLLM, stage: str, optim: OptimConfig, max_steps: int, recipe=None) -> None:
         super().__init__()
         self.model, self.stage, self.optim_cfg, self.max_steps = model, stage, optim, max_steps
-        self.groups = parameter_groups(model, stage)
+        self.recipe = recipe
+        self.groups = parameter_groups(model, stage, recipe)
+        # A LoRA recipe's checkpoints hold only what trains (training/recipe.py)
+        self.partial = recipe is not None and recipe.uses_lora
         self._last_time: float | None = None
         self._first_time: float | None = None
         self._samples_after_first = 0
@@ -139,7 +142,7 @@ class MLLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim_cfg
-        self.groups = parameter_groups(self.model, self.stage)  # after sharding: the new parameters
+        self.groups = parameter_groups(self.model, self.stage, self.recipe)  # after sharding: the new parameters
         lrs = {"projector": o.projector_lr, "new": o.new_params_lr, "llm": o.lr}
         optimizer = torch.optim.AdamW(
             [{"params": ps, "lr": lrs[g], "name": g} for g, ps in self.groups.items()],
@@ -149,3 +152,22 @@ class MLLMModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, o.warmup_steps, self.max_steps, o.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _trained_keys(self) -> set[str]:
+        return {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, **kwargs):
+        """What a checkpoint holds: everything, or for a LoRA recipe only what trains."""
+        state = super().state_dict(*args, **kwargs)
+        if not self.partial:
+            return state
+        keep = self._trained_keys()
+        return type(state)((k, v) for k, v in state.items() if k in keep)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if not self.partial:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        from eelight.training.recipe import check_partial
+
+        check_partial(dict(state_dict), self._trained_keys(), "the checkpoint being resumed")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)

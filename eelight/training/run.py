@@ -189,18 +189,15 @@ def _build(cfg: RunConfig, resolved: Any, resume: Path | None) -> _Parts:
 
     from eelight.data.text import check_template
     from eelight.data.tokenizer import load_tokenizer
-    from eelight.models.mllm import build_mllm
     from eelight.models.vision import image_processor
-    from eelight.training.checkpoint import init_from_checkpoint
     from eelight.training.data_module import ShardDataModule
     from eelight.training.distributed import checkpoint_step
     from eelight.training.module import MLLMModule
+    from eelight.training.recipe import build_for_training
 
     resume_step = checkpoint_step(resume) if resume else 0
     L.seed_everything(cfg.seed, verbose=False)
-    model = build_mllm(resolved)
-    if cfg.init_from and resume is None:
-        init_from_checkpoint(model, cfg.init_from)
+    model = build_for_training(cfg, resolved, resume)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     try:
         check_template(tokenizer, cfg.data.template, cfg.data.system_prompt)
@@ -208,7 +205,7 @@ def _build(cfg: RunConfig, resolved: Any, resume: Path | None) -> _Parts:
         raise ConfigError(f"{exn} (tokenizer {cfg.data.tokenizer})") from exn
     processor = image_processor(cfg.model.vision, model.vision.image_size)
     data = ShardDataModule(cfg, tokenizer, processor, cfg.data.seed + resume_step)
-    module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps)
+    module = MLLMModule(model, cfg.stage, cfg.optim, cfg.trainer.max_steps, cfg.recipe)
     return _Parts(module, data, benchmark_callback(cfg, tokenizer, processor), resume_step)
 
 
