@@ -51,6 +51,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
             "gflops_per_sample": (a["flops_per_sample"] / 1e9) if "flops_per_sample" in a else None,
             "train_pflops": (a["train_flops"] / 1e15) if "train_flops" in a else None,
             "train_seconds": a.get("train_seconds"), "visual_tokens": a.get("visual_tokens"),
+            "trainable_params": a.get("trainable_params"),
             **{f"param.{k}": v for k, v in t.params.items() if k not in ("seed", "data_size")},
             **{f"metric.{k}": v for k, v in a.get("metrics", {}).items()},  # every benchmark scored
         })
@@ -155,6 +156,7 @@ def markdown(study: Study, sweep: SweepConfig) -> str:
             lines.append(f"| {c} | {'–' if ch is None else f'{ch:.3f}'} | " + " | ".join(cells) + " |")
     for control in study.controls:
         lines += _control_lines(study, control, {None: chance, **per_chance})
+    lines += _trained_parameter_lines(study)
     lines += pareto_lines(study, _fmt)
     lines += ["", "## What the study can detect", ""]
     for size in study.sizes:
@@ -241,3 +243,12 @@ def write_files(sweep: SweepConfig, rows: list[dict[str, Any]], folder: str, ren
         sweep_tracking(sweep).log_files(parent, [out / "trials.csv", out / "summary.md", *figures],
                                            artifact_path=folder)
     return out
+
+
+def _trained_parameter_lines(study: Study) -> list[str]:
+    """Parameters trained in each variant's last stage (its recipe's): a data-efficiency axis too."""
+    counts = {r["variant"]: r.get("trainable_params") for r in study.rows if r.get("trainable_params")}
+    if len(set(counts.values())) < 2:  # every variant trains the same parameters: nothing to compare
+        return []
+    lines = ["", "## Parameters trained in the last stage", "", "| variant | parameters trained |", "|---|---|"]
+    return lines + [f"| {v} | {counts[v]:,} |" for v in study.variants if v in counts]

@@ -97,13 +97,15 @@ def run_trial(study, trial, sweep: SweepConfig, parent_run_id: str):
         # the samples the stages trained on (frozen parts' backward is counted too: an upper bound).
         attrs = {"checkpoint": init_from, "samples_per_s": result.get("samples_per_s"), "flops_per_sample": flops,
                  "visual_tokens": n_visual, "metrics": result["metrics"], "train_samples": samples,
-                 "train_flops": 3 * flops * samples, "train_seconds": time.perf_counter() - start}
+                 "train_flops": 3 * flops * samples, "train_seconds": time.perf_counter() - start,
+                 "trainable_params": result.get("trainable_params")}  # in the last stage (the recipe's)
         if training_free.applies(sweep, point):  # FastV, ShortV, ... on this trial's weights
             attrs["training_free"] = training_free.score(sweep, final_cfg, init_from)
             tracking.log_metrics(run_id, training_free.mlflow_metrics(sweep, attrs["training_free"]))
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        tracking.log_metrics(run_id, {"objective": value, "cost/flops_per_sample": flops})
+        tracking.log_metrics(run_id, {"objective": value, "cost/flops_per_sample": flops,
+                                      **({"params/trainable": attrs["trainable_params"]} if attrs["trainable_params"] else {})})
         tracking.end_trial_run(run_id, "COMPLETE", checkpoint=init_from)
         return TrialState.COMPLETE, value
     except optuna.TrialPruned as exn:

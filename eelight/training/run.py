@@ -273,7 +273,8 @@ def _report(cfg: RunConfig, trainer, parts: _Parts, logger, stopped: str | None)
               "cut_by_max_length": module.cut_samples, "global_step": trainer.global_step,
               "world_size": trainer.world_size, "shard_fraction": shard_fraction(module.model),
               "resumed_from_step": parts.resume_step, "samples_per_s": module.samples_per_s,
-              "samples_trained": int(samples.item())}  # every rank's, since the start or the resume
+              "samples_trained": int(samples.item()),  # every rank's, since the start or the resume
+              "trainable_params": sum(p.numel() for p in module.model.parameters() if p.requires_grad)}
     if trainer.is_global_zero:
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))
         log_stage_files(logger, [run_dir / "config.yaml", run_dir / "result.json"], result["checkpoint"],
