@@ -53,9 +53,11 @@ def export_model(run_cfg_path: str | Path, checkpoint: str | Path, out: str | Pa
 
 
 def save_export(model, out: str | Path, tokenizer, processor, prompting: dict[str, str]) -> Path:
-    """Write a model (`MLLM.save_pretrained`) and what it needs to be asked questions
+    """Write a model (`models.folder.save_model`) and what it needs to be asked questions
     (tokenizer, image processor, prompting) as an export folder (no card)."""
-    out = model.save_pretrained(out)
+    from eelight.models.folder import save_model
+
+    out = save_model(model, out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "prompt.json").write_text(json.dumps(prompting, indent=1))
@@ -92,7 +94,7 @@ def _transformers_version() -> str:
 
 
 def load(folder: str | Path, overrides: list[str] | tuple[str, ...] = ()):
-    """Rebuild an exported model in one call (eval mode, CPU): `MLLM.from_pretrained`."""
-    from eelight.models.mllm import MLLM
+    """Rebuild an exported model in one call (eval mode, CPU): `models.folder.load_model`."""
+    from eelight.models.folder import load_model
 
-    return MLLM.from_pretrained(folder, overrides)
+    return load_model(folder, overrides)

@@ -2,8 +2,8 @@
 folder (`trust_remote_code=True`), loaded through the Auto classes with no eelight installed.
 
 There is no second copy of the model: the export bundles eelight's own model modules
-(`eelight/models/*.py`, with `errors.py` and `config_rules.py`, their only imports inside
-eelight) with their package imports made relative, next to two small files written here:
+(the `eelight/models/` modules the model is built from, with `errors.py` and `config_rules.py`,
+their only imports outside `models/`) with their package imports made relative, next to two small files written here:
 
     configuration_eelight.py   EelightConfig: the eelight model config and the tower's config
     modeling_eelight.py        EelightForConditionalGeneration: the bundled MLLM behind the
@@ -11,7 +11,7 @@ eelight) with their package imports made relative, next to two small files writt
                                greedy decoding with eelight's KV cache)
 
 and eelight's own export files (weights, tokenizer, image processor, prompt.json). The bundled
-files need what eelight's models need: torch, transformers (with its safetensors) and omegaconf.
+files need torch and transformers only (and what transformers installs: safetensors).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import re
 from pathlib import Path
 
-BUNDLE = ["errors.py", "config_rules.py"]  # beside eelight/models/*.py
+BUNDLE_TOP = ("errors", "config_rules")  # eelight/*.py that the model modules import
 _IMPORTS = [
     (re.compile(r"^(\s*)from eelight\.models\.(\w+) import", re.M), r"\1from .\2 import"),
     (re.compile(r"^(\s*)from eelight\.models import", re.M), r"\1from . import"),
@@ -102,19 +102,38 @@ class EelightForConditionalGeneration(PreTrainedModel):
 '''
 
 
-def bundle_model_code(out: Path) -> None:
-    """Copy eelight's model modules into `out` with relative imports; any other eelight import
-    left would need eelight installed, so it is an error here."""
+_EELIGHT_IMPORT = re.compile(r"^\s*from eelight(?:\.models)?(?:\.(\w+))? import ([\w, ]+)$", re.M)
+ROOTS = ("mllm", "config", "hf_loading", "layout")  # what modeling_eelight.py imports
+
+
+def model_modules() -> list[Path]:
+    """The files the model needs: eelight/models' modules reachable from `ROOTS` by their
+    eelight imports (so neither LoRA's peft nor OmegaConf's overrides come along), and the
+    top-level `errors.py` / `config_rules.py` they use."""
     src = Path(__file__).parent
-    files = [p for p in sorted((src / "models").glob("*.py")) if p.name != "__init__.py"] + [src / n for n in BUNDLE]
-    for path in files:
+    todo, seen = list(ROOTS), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = src / ("models" if name not in BUNDLE_TOP else "") / f"{name}.py"
+        for module, names in _EELIGHT_IMPORT.findall(path.read_text()):
+            todo += [module] if module else [n.strip() for n in names.split(",")]
+    return sorted((src / ("models" if n not in BUNDLE_TOP else "") / f"{n}.py") for n in seen)
+
+
+def bundle_model_code(out: Path) -> None:
+    """Copy the model's modules into `out` with relative imports; any other eelight import, or
+    a package `transformers` does not bring, would need more than torch and transformers."""
+    for path in model_modules():
         text = path.read_text()
         for pattern, repl in _IMPORTS:
             text = pattern.sub(repl, text)
-        left = re.search(r"^\s*(from|import) eelight\b.*$", text, re.M)
+        left = re.search(r"^\s*(?:from|import) (eelight\b|omegaconf|peft).*$", text, re.M)
         if left:
-            raise RuntimeError(f"{path.name} imports {left.group(0).strip()!r}: the model code must import only "
-                               "eelight.models, eelight.errors and eelight.config_rules to be bundled")
+            raise RuntimeError(f"{path.name} imports {left.group(0).strip()!r}: the model code an export bundles "
+                               "must need only torch and transformers")
         (out / path.name).write_text(text)
 
 

@@ -133,7 +133,8 @@ def test_resume_conflicts_allow_run_settings_and_name_everything_else():
 def test_a_preset_applied_through_the_one_function_is_the_preset_from_any_base():
     """`apply_model_overrides` (a run's base, an eval target, from_pretrained) gives exactly the
     named preset, whatever model config it starts from; later items win."""
-    from eelight.models.config import PRESETS, ModelConfig, apply_model_overrides, model_config
+    from eelight.models.config import PRESETS, ModelConfig, model_config
+    from eelight.models.overrides import apply_model_overrides
 
     for name in PRESETS:
         for base in (ModelConfig(), model_config("flamingo"), model_config("ee_mllm_pool2")):

@@ -191,7 +191,7 @@ def test_saisa_adds_one_mlp_per_layer_that_trains_with_the_new_modules(llama4):
     ("text_visual_layers=first", "is not a layer set"),
 ])
 def test_meaningless_combinations_are_refused(override, message):
-    from eelight.models.config import apply_model_overrides
+    from eelight.models.overrides import apply_model_overrides
 
     with pytest.raises(ValueError, match=message):
         apply_model_overrides(model_config("ee_mllm"), [override])

@@ -48,11 +48,11 @@ def test_fastv_answers_do_not_depend_on_batch_size(tmp_path):
     from eelight.data.image import FastImageTransform
     from eelight.data.text import template
     from eelight.eval.runner import Asker
-    from eelight.models.mllm import MLLM
+    from eelight.models.folder import load_model
 
     folder = save_tiny_export(tmp_path / "llava_export", "llava")
     _, tok, processor = tiny_export_parts(tmp_path, "llava")
-    model = MLLM.from_pretrained(folder, ["model_preset=fastv", "prune_after=1"])
+    model = load_model(folder, ["model_preset=fastv", "prune_after=1"])
     files = probe_benchmark_files(tmp_path)
     items = Probe(eval_shards(str(tmp_path / "probe")), limit=2).load() + \
         MMBench(str(files / "mmbench" / "MMBench_DEV_EN.tsv"), limit=2).load()

@@ -97,7 +97,7 @@ def test_dinosiglip_concatenates_each_towers_patch_features_with_its_own_preproc
 
 def test_dinosiglip_export_round_trip_keeps_both_processors(tmp_path):
     from eelight.export import save_export
-    from eelight.models.mllm import MLLM
+    from eelight.models.folder import load_model
     from eelight.training.backbones import BackboneConfig  # noqa: F401  (import check only)
 
     _, _, cfg = _fused(tmp_path)
@@ -107,7 +107,7 @@ def test_dinosiglip_export_round_trip_keeps_both_processors(tmp_path):
     tok = probe_tokenizer(tmp_path / "tok")
     out = save_export(model, tmp_path / "export", tok, image_processor(model.cfg.vision, 32), {"template": "probe"})
     assert (out / "preprocessor_config.json").is_file() and (out / "siglip" / "preprocessor_config.json").is_file()
-    again = MLLM.from_pretrained(out)
+    again = load_model(out)
     pixels = torch.stack([image_transform(image_processor(again.cfg.vision, 32, out)).to_uint8(im)
                           for im in _images(2)])
     ids = torch.randint(0, 96, (2, 7))

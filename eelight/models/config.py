@@ -246,16 +246,3 @@ def preset_overrides(name: str) -> list[str]:
     cfg = model_config(name)
     return [f"{k}={str(getattr(cfg, k)).lower() if isinstance(getattr(cfg, k), bool) else getattr(cfg, k)}"
             for k in VARIANT_FIELDS]
-
-
-def apply_model_overrides(cfg: ModelConfig, items: list[str] | tuple[str, ...]) -> ModelConfig:
-    """The one way presets and overrides change a model config (a run's base, an eval target,
-    `MLLM.from_pretrained`): each item is `model_preset=NAME` (its variant fields) or a model
-    field `key=value`, later items winning. Raises ValueError (or OmegaConf's error) naming the key."""
-    from omegaconf import OmegaConf
-
-    dotlist: list[str] = []
-    for item in items:
-        key, _, value = item.partition("=")
-        dotlist += preset_overrides(value) if key == "model_preset" else [item]
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(dotlist)))

@@ -7,22 +7,19 @@ folders; `load_llava` builds one from a `transformers` LLaVA folder.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eelight.errors import CheckpointError
 from eelight.models import hf_loading, layout
-from eelight.models.config import LLMConfig, ModelConfig, apply_model_overrides, model_config, portable_config
+from eelight.models.config import LLMConfig, ModelConfig, model_config
 from eelight.models.decoder import Decoder
 from eelight.models.kv_cache import KVCache
 from eelight.models.projector import Projector
 from eelight.models.roles import PROJECTOR, VISION, with_role
-from eelight.models.vision import build_tower, image_processor, pool_grid
+from eelight.models.vision import build_tower, pool_grid
 
 IGNORE_INDEX = -100
 
@@ -83,49 +80,6 @@ class MLLM(nn.Module):
         if self.cfg.compile:
             mode = None if self.cfg.compile_mode == "default" else self.cfg.compile_mode
             self.decoder.compile(mode=mode)
-
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write `model.safetensors` (every tensor), `config.yaml` (the model config, sizes
-        resolved, no local paths) and `vision_config.json` (the tower's `transformers` config):
-        what `from_pretrained` needs. `eelight.export` adds the tokenizer, image processor and
-        prompting to make a complete export folder."""
-        from omegaconf import OmegaConf
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.state_dict().items()}
-        if self.cfg.llm.tie_embeddings:
-            state.pop("decoder.lm_head.weight")  # safetensors refuses shared tensors; re-tied on load
-        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
-        (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(portable_config(self.cfg))))
-        (folder / "vision_config.json").write_text(json.dumps(self.vision.hf_config_dict(), indent=2))
-        return folder
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> MLLM:
-        """The model `save_pretrained` wrote, in eval mode on the CPU, loaded strictly.
-        `overrides`: model-config changes that keep the parameters (`visual_attn=none` or
-        `model_preset=ee_mllm_f`: EE-MLLM-F), applied as everywhere (`apply_model_overrides`)."""
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{folder} is not an eelight export (no model.safetensors)")
-        try:
-            saved = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                                                        OmegaConf.load(folder / "config.yaml")))
-            cfg = apply_model_overrides(saved, overrides)
-        except (OmegaConfBaseException, ValueError) as exn:
-            raise CheckpointError(f"{folder}: model overrides {list(overrides)}: {str(exn).splitlines()[0]}") from exn
-        vision_hf = hf_loading.read_vision_config(folder, "vision_config.json")
-        processor = image_processor(cfg.vision, cfg.vision.image_size, folder)  # the export's own
-        model = cls(cfg, cfg.llm, vision_hf, processor)
-        hf_loading.load_strict(model, load_file(folder / "model.safetensors"),
-                               f"{folder}/model.safetensors (against its config.yaml)")
-        return model.eval()
 
     @property
     def num_visual_tokens(self) -> int:

@@ -152,7 +152,7 @@ def _check(sweep: SweepConfig) -> None:
 
 def _check_training_free(sweep: SweepConfig) -> None:
     """`training_free.apply_to` is one of the grid's values; each variant is a model override."""
-    from eelight.models.config import apply_model_overrides
+    from eelight.models.overrides import apply_model_overrides
 
     tf = sweep.training_free
     if not tf.variants:

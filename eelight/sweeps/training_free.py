@@ -32,7 +32,7 @@ def score(sweep: SweepConfig, final_cfg: Any, checkpoint: str) -> dict[str, dict
     from eelight.evaluate.command import evaluate_target, write_outputs
     from eelight.evaluate.shortv import calibrate
     from eelight.evaluate.target import load_target
-    from eelight.models.config import apply_model_overrides
+    from eelight.models.overrides import apply_model_overrides
 
     run_dir = Path(checkpoint).parent
     out: dict[str, dict[str, Any]] = {}

@@ -16,7 +16,8 @@ from eelight.config_rules import above, at_least, between, check_fields, nonempt
 from eelight.data.text import PLACEMENTS
 from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
-from eelight.models.config import ModelConfig, apply_model_overrides
+from eelight.models.config import ModelConfig
+from eelight.models.overrides import apply_model_overrides
 from eelight.training.stages import STAGES
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
