@@ -57,15 +57,35 @@ def _image(path):
     return Image.open(path)
 
 
-@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def _qwen3(folder, vocab: int):
+    """A tiny random Qwen3 (tied embeddings, q/k norms made to matter) with the probe's vocabulary."""
+    from helpers import TINY_LLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**{**TINY_LLM, "vocab_size": vocab, "head_dim": 16, "rope_theta": 1e6,
+                                            "tie_word_embeddings": True}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "qwen3"])
 def test_llava_exports_as_transformers_llava_and_runs_without_eelight(tmp_path, kind):
     from dataclasses import replace
 
-    from eelight.models import build_mllm
+    from eelight.models import LLMConfig, build_mllm
 
     model, tok, _ = tiny_export_parts(tmp_path, "llava")
     if kind == "siglip":
         model = build_mllm(replace(model.cfg, vision=replace(model.cfg.vision, kind="siglip"))).eval()
+    if kind == "qwen3":
+        llm = LLMConfig(path=str(_qwen3(tmp_path / "qwen3", len(tok))))
+        model = build_mllm(replace(model.cfg, llm=llm)).eval()
+        assert model.cfg.llm.qk_norm and model.cfg.llm.tie_embeddings
     from eelight.models.vision import image_processor
 
     processor = image_processor(model.cfg.vision, model.vision.image_size)
@@ -187,12 +207,20 @@ json.dump({"cached": cached[0, d["ids"].shape[1]:].tolist(), "uncached": uncache
 """
 
 
-@pytest.mark.parametrize("preset", ["ee_mllm", "ee_mllm_fresh", "flamingo", "saisa"])
+@pytest.mark.parametrize("preset", ["ee_mllm", "ee_mllm_fresh", "flamingo", "saisa", "ee_mllm+dinosiglip"])
 def test_other_variants_export_as_custom_code_and_run_without_eelight(tmp_path, preset):
+    from dataclasses import replace
+
     from eelight.export import save_export
     from eelight.hf_remote import write_custom_code
+    from eelight.models import VisionConfig, build_mllm
+    from eelight.models.vision import image_processor
 
-    model, tok, processor = tiny_export_parts(tmp_path, preset)
+    model, tok, processor = tiny_export_parts(tmp_path, preset.split("+")[0])
+    if preset.endswith("dinosiglip"):  # a fused tower, pooled 2x2, a 3-layer projector
+        cfg = replace(model.cfg, vision=VisionConfig(kind="dinosiglip", registers=2), visual_pool=2, projector_depth=3)
+        model = build_mllm(cfg).eval()
+        processor = image_processor(cfg.vision, 32)
     out = save_export(model, tmp_path / "hf", tok, processor, {"template": "probe", "image_placement": "marker"})
     write_custom_code(out, model, tok)
     assert not any(re.match(r"\s*(from|import) eelight\b", line) for f in out.glob("*.py")
