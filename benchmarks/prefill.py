@@ -16,12 +16,11 @@ reported on CUDA (allocated during the pass, above the weights).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 
 import torch
-from timing import add_run_args, device_dtype, timed
+from timing import layer_bench, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from eelight.models import LLMConfig, model_config
@@ -55,6 +54,7 @@ def _pass(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torch.
     def prefill() -> torch.Tensor:  # every layer's rule, FastV's pruning included
         return decoder.run_layers(h, nv, positions, visual=visual, features=features)[-1][0]
 
+    prefill.decoder = decoder  # for a benchmark that switches the backend in place (flex_attention.py)
     return prefill
 
 
@@ -81,21 +81,7 @@ def measure(preset: str, llm: LLMConfig, args, device: torch.device, dtype: torc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["llava", "ee_mllm", "ee_mllm_f", "flamingo"])
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--ffn", type=int, default=11008)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--nv", type=int, default=576, help="visual tokens (576: CLIP ViT-L/14 at 336 px)")
-    parser.add_argument("--nt", type=int, default=64, help="text tokens")
-    parser.add_argument("--batch", type=int, default=1)
-    add_run_args(parser, warmup=2)
-    args = parser.parse_args(argv)
-    device, dtype = device_dtype(args)
-    llm = LLMConfig(vocab_size=32, hidden_size=args.hidden, intermediate_size=args.ffn, num_layers=args.layers,
-                    num_heads=args.heads, num_kv_heads=args.heads, max_positions=args.nv + args.nt)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    args, device, dtype, llm, where = layer_bench(__doc__, ["llava", "ee_mllm", "ee_mllm_f", "flamingo"], argv)
     print(f"# prefill: {args.layers} layers d={args.hidden} f={args.ffn} heads={args.heads}, Nv={args.nv} "
           f"Nt={args.nt} batch={args.batch}, {args.dtype}, {where}, torch {torch.__version__}, "
           f"median of {args.reps}")

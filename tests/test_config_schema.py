@@ -32,7 +32,7 @@ RUN_RULES: dict[str, tuple] = {
     "model.aligner_ffn": ("variant", [True, False]),
     "model.projector_depth": ("int", 1, INF, False), "model.visual_pool": ("int", 1, INF, False),
     "model.blind": ("bool",), "model.cross_every": ("int", 1, INF, False),
-    "model.attn_impl": ("choice", ["auto", "sdpa", "flash"], False), "model.compile": ("bool",),
+    "model.attn_impl": ("choice", ["auto", "sdpa", "flash", "flex"], False), "model.compile": ("bool",),
     "model.compile_mode": ("choice", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                            False),
     "model.text_visual_layers": ("variant", ["all", "vica", "0", "0,1", "-1"]),

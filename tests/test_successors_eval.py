@@ -23,6 +23,7 @@ VARIANTS = {
     "fastv_r75": ["model_preset=fastv_r75", "model.prune_after=1"],
     "shortv": ["model.kv_only_layers=0"],
     "ee_mllm_f": ["model_preset=ee_mllm_f"],
+    "llava_flex": ["model.attn_impl=flex"],  # the FlexAttention backend: the same scores
 }
 
 
@@ -42,6 +43,8 @@ def test_training_free_successors_through_eelight_eval(tmp_path):
         assert scores[name] != scores["llava"], name  # the variant changes what the weights compute
     assert scores["fastv"] != scores["fastv_r75"]
     assert scores["fastv"] == scores["fastv_fields"]  # the preset is exactly its fields
+    for flex, sdpa in zip(scores["llava_flex"], scores["llava"], strict=True):  # the FlexAttention backend
+        assert flex == pytest.approx(sdpa, rel=1e-5, abs=1e-5)
 
 
 def test_fastv_answers_do_not_depend_on_batch_size(tmp_path):

@@ -51,6 +51,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from eelight.models.blocks import RMSNorm
 from eelight.models.config import LLMConfig
+from eelight.models.flex import flex_attend
 from eelight.models.kv_cache import LayerCache
 from eelight.models.roles import ALIGNER, with_role
 from eelight.models.rope import apply_rope
@@ -90,7 +91,7 @@ def _lower_right(lq: int, lk: int):
 
 def use_flash(impl: str, q: torch.Tensor) -> bool:
     """flash-attn runs only on CUDA in fp16/bf16; `auto` falls back to SDPA elsewhere."""
-    if impl == "sdpa":
+    if impl in ("sdpa", "flex"):
         return False
     ok = flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if impl == "flash" and not ok:
@@ -114,6 +115,8 @@ def attend(
     lk = k.shape[1]
     if mask is not None and mask.shape[-1] > lk:  # this layer keeps fewer keys (ViCA, FastV): the last lk
         mask = mask[..., -lk:]
+    if impl == "flex":
+        return flex_attend(q, k, v, mask)
     if mask is None and use_flash(impl, q):
         return flash_attn_func(q, k, v, causal=True).reshape(b, lq, h * hd)
     if mask is None:

@@ -22,7 +22,9 @@ ARCHS = ("decoder", "flamingo")
 VISUAL_ATTNS = ("none", "self")
 ALIGNERS = ("reuse", "fresh", "none", "mlp")
 ALIGNER_INITS = ("copy", "random")
-ATTN_IMPLS = ("auto", "sdpa", "flash")
+ATTN_IMPLS = ("auto", "sdpa", "flash", "flex")  # flex: FlexAttention block masks (models/flex.py)
+FLEX_NO_CPU_BACKWARD = ("model.attn_impl=flex has no backward on CPU (torch's FlexAttention is inference-only "
+                        "there); train with model.attn_impl=auto and evaluate with flex, or train on a GPU")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ROPE_TYPES = ("default", "linear", "llama3")
 VISION_KINDS = ("clip", "siglip", "dinov2", "dinosiglip")  # dinosiglip: DINOv2 + SigLIP patch features fused

@@ -16,7 +16,7 @@ from eelight.config_rules import above, at_least, between, check_fields, nonempt
 from eelight.data.text import PLACEMENTS
 from eelight.errors import ConfigError, first_line
 from eelight.eval.config import EvalConfig
-from eelight.models.config import ModelConfig
+from eelight.models.config import FLEX_NO_CPU_BACKWARD, ModelConfig
 from eelight.models.overrides import apply_model_overrides
 from eelight.training.stages import STAGES
 
@@ -148,13 +148,24 @@ class RunConfig:
 
 def check_trainable(cfg: RunConfig) -> None:
     """What a run config may evaluate but not train: FastV's pruning ranks by each sample's last
-    query, and a training batch is right-padded with no mask to say which row that is."""
+    query, and a training batch is right-padded with no mask to say which row that is;
+    FlexAttention has no backward on CPU."""
     if cfg.recipe.uses_lora and cfg.trainer.strategy == "fsdp":
         raise ConfigError("recipe LoRA with trainer.strategy=fsdp is not supported (its checkpoints hold the adapters "
                           "only, FSDP's sharded ones the whole model); use trainer.strategy=ddp or a full recipe")
+    if cfg.model.attn_impl == "flex" and not _cuda_run(cfg.trainer):
+        raise ConfigError(FLEX_NO_CPU_BACKWARD)
     if cfg.model.prune_after:
         raise ConfigError(f"model.prune_after={cfg.model.prune_after} (FastV) is applied at evaluation only: train "
                           "the LLaVA model, then `eelight eval RUN model_preset=fastv`; drop model.prune_after here")
+
+
+def _cuda_run(cfg: TrainerConfig) -> bool:
+    if cfg.accelerator == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return cfg.accelerator in ("gpu", "cuda")
 
 
 def load_yaml(path: str) -> Any:
