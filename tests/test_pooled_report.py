@@ -66,3 +66,18 @@ def test_a_file_of_another_objective_or_no_file_is_one_error(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="not a sweep report's trials.csv"):
         read_trials(tmp_path / "bad.csv", "probe/accuracy")
+
+
+def test_the_successors_report_pools_with_its_training_free_rows(tmp_path):
+    rows = read_trials("docs/results/successors/trials.csv", "probe/accuracy")  # the kept run of 2026-12-05
+    free = [r for r in rows if r["training_free_on"] is not None]
+    assert {r["training_free_on"] for r in free} == {"model_preset=llava"}
+    assert {r["variant"] for r in free} == {"model_preset=fastv", "model_preset=fastv_r75", "model_preset=shortv",
+                                            "model_preset=ee_mllm_f"}
+    assert len(free) == 4 * 2 * 3  # four variants on each LLaVA trial: 2 sizes x 3 seeds
+    study = Study(pool([rows, rows]), "probe/accuracy", reference="model_preset=llava")
+    assert study.difference("model_preset=fastv", 3000).n == 6  # paired by (run, seed) with LLaVA's trials
+    text = (tmp_path / "edited.csv")
+    text.write_text("variant,seed,data_size,objective,state\nmodel_preset=A,zero,300,0.5,COMPLETE\n")
+    with pytest.raises(UserError, match="edited.csv.*a column of numbers holds text"):
+        read_trials(text, "probe/accuracy")

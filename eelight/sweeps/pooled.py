@@ -24,7 +24,7 @@ from eelight.sweeps.config import SweepConfig
 from eelight.sweeps.report import Study, _fmt, markdown, trial_rows, write_files
 from eelight.sweeps.stats import paired
 
-_TEXT = {"state", "variant"}  # every other column of trials.csv is a number (or empty)
+_TEXT = {"state", "variant", "training_free_on"}  # every other column of trials.csv is a number (or empty)
 
 
 def _value(key: str, text: str) -> Any:
@@ -48,7 +48,11 @@ def read_trials(path: str | Path, metric: str) -> list[dict[str, Any]]:
     if not rows or not {"variant", "seed", "data_size", "objective", "state"} <= rows[0].keys():
         raise UserError(f"--pool {path}: not a sweep report's trials.csv (it needs the columns variant, seed, "
                         "data_size, objective, state)")
-    typed = [{k: _value(k, v) for k, v in r.items()} for r in rows]
+    try:
+        typed = [{k: _value(k, v) for k, v in r.items()} for r in rows]
+    except ValueError as exn:
+        raise UserError(f"--pool {path}: {exn} (a column of numbers holds text); pool only an unedited "
+                        "trials.csv of a report") from None
     for r in typed:
         # The objective column is each run's own objective: another sweep's would mix silently.
         if r["state"] == "COMPLETE" and not (r.get(column) is not None and math.isclose(r[column], r["objective"])):
