@@ -91,7 +91,7 @@ def _lower_right(lq: int, lk: int):
 
 def use_flash(impl: str, q: torch.Tensor) -> bool:
     """flash-attn runs only on CUDA in fp16/bf16; `auto` falls back to SDPA elsewhere."""
-    if impl in ("sdpa", "flex"):
+    if impl == "sdpa":
         return False
     ok = flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if impl == "flash" and not ok:

@@ -38,14 +38,15 @@ def flex_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.T
         raise RuntimeError(FLEX_NO_CPU_BACKWARD)
     blocks = block_mask(mask, lq, lk, q.device)
     args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    kw = dict(block_mask=blocks, enable_gqa=k.shape[2] != h)
     if torch.compiler.is_compiling():
-        out = flex_attention(*args, block_mask=blocks, enable_gqa=k.shape[2] != h)
+        out = flex_attention(*args, **kw)
     elif lq == 1:  # a decoding step: its 1 x Lk scores are all there is; no kernel per cache length
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            out = flex_attention(*args, block_mask=blocks, enable_gqa=k.shape[2] != h)
+            out = flex_attention(*args, **kw)
     else:
-        out = _compiled()(*args, block_mask=blocks, enable_gqa=k.shape[2] != h)
+        out = _compiled()(*args, **kw)
     return out.transpose(1, 2).reshape(b, lq, h * hd)
 
 
